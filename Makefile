@@ -1,0 +1,37 @@
+# The two commands of the README:  `make run`  and  `make test`.
+# Each one sets up .venv from this repository's own files first (only when pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test lint bench-train bench-serve clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on disk; unpinned, pip would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/tuneserve up
+
+test: setup
+	$(BIN)/ruff check app worker tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+bench-train: setup
+	$(BIN)/python bench/train_bench.py
+
+bench-serve: setup
+	$(BIN)/python bench/serve_bench.py
+
+clean:
+	rm -rf var models_store/* .pytest_cache .mypy_cache .ruff_cache

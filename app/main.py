@@ -1,0 +1,35 @@
+"""The FastAPI application: `uvicorn app.main:app` starts it with nothing else configured."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.routes import health
+from app.settings import get_settings
+
+log = logging.getLogger("tuneserve.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    settings.ensure_dirs()
+    if settings.auto_migrate:
+        from app.migrate import upgrade_head
+
+        upgrade_head(settings.database_url)
+        log.info("database schema is at head (%s)", settings.database_url.split("@")[-1])
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

