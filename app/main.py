@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.routes import health
+from app.routes import datasets, health, jobs, models, predict
 from app.settings import get_settings
 
 log = logging.getLogger("tuneserve.api")
@@ -28,7 +28,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    app.include_router(health.router)
+    for module in (health, datasets, jobs, models, predict):
+        app.include_router(module.router)
     return app
 
 

@@ -87,3 +87,57 @@ def client(settings):  # type: ignore[no-untyped-def]
 
     with TestClient(create_app()) as c:
         yield c
+
+
+def make_tiny_classifier(
+    directory: Path, labels: list[str], *, multi_label: bool = False, seed: int = 0
+) -> Path:
+    """A tiny random BERT sequence classifier (2 layers, hidden 32) saved as a Hugging Face
+    directory, with the bundled MiniLM tokenizer so real text tokenizes as it would in use."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from app.store import bundled_model_path
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    model = BertForSequenceClassification(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def make_tiny_encoder(directory: Path, seed: int = 0) -> Path:
+    """A tiny random BERT *base* model (no head), as a hub checkpoint would be before tuning."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from app.store import bundled_model_path
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))

