@@ -28,12 +28,20 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=None,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_transport_options=_transport_options(settings.broker_url, settings),
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def _transport_options(broker_url: str, settings: Settings) -> dict[str, object]:
+    if broker_url.startswith("sqla+"):
+        # Kombu hands these to SQLAlchemy's create_engine: wait on SQLite's write lock (the API
+        # and the worker share the file) instead of failing at once.
+        return {"connect_args": {"timeout": 30}} if "sqlite" in broker_url else {}
+    return {"visibility_timeout": settings.broker_visibility_timeout_s}
 
 
 @lru_cache(maxsize=4)

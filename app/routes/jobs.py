@@ -1,7 +1,203 @@
-"""The /jobs resource."""
+"""The /jobs resource: start, watch and cancel fine-tuning jobs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
 
+from fastapi import APIRouter, HTTPException, Query, status
+
+from app import store
+from app.crud import jobs as crud
+from app.deps import SessionDep, SettingsDep
+from app.models import Dataset, Job, TunedModel
+from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
+from app.schemas.jobs import (
+    CheckpointPublic,
+    JobCreate,
+    JobEventPublic,
+    JobPublic,
+    JobsPublic,
+)
+from app.settings import Settings
+
+log = logging.getLogger("tuneserve.api.jobs")
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+# Eval metrics a job may select its best checkpoint by, per task; lower is better for these:
+METRICS_BY_TASK = {
+    "single_label": {"accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "loss"},
+    "multi_label": {"f1_micro", "f1_macro", "subset_accuracy", "hamming_loss", "loss"},
+}
+LOWER_IS_BETTER = {"loss", "hamming_loss"}
+TRAINABLE_TASKS = set(METRICS_BY_TASK)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _get_job_or_404(session: SessionDep, job_id: str) -> Job:
+    job = crud.get_job(session, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"No job with id {job_id!r}; GET /jobs lists them.")
+    return job
+
+
+def _resolve_base_model(session: SessionDep, settings: Settings, name: str | None) -> tuple[str, str | None]:
+    """(base_model as recorded, tuned model id when it names one). 422 when it cannot work."""
+    if not name:
+        return settings.default_base_model, None
+    name = name.strip()
+    if session.get(TunedModel, name) is not None:
+        return name, name
+    if name.startswith("mdl_"):
+        raise HTTPException(422, f"base_model {name!r} looks like a tuned model id, but no such model "
+                                 "exists; GET /models lists them.")
+    if name in store.BUNDLED_MODEL_NAMES:
+        return name, None
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HTTPException(422, f"base_model {name!r} is a local path but not a Hugging Face model "
+                                     "directory (it has no config.json).")
+        return str(path.resolve()), None
+    if name.startswith(("/", ".", "~")) or not HUB_ID.match(name):
+        raise HTTPException(422, f"base_model {name!r} is neither an existing local directory nor a "
+                                 "Hugging Face hub name such as 'klue/bert-base'.")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise HTTPException(422, f"base_model {name!r} is not in the local Hugging Face cache and the "
+                                     "hub is offline (HF_HUB_OFFLINE=1). Download it on a machine with a "
+                                     "network and pass its directory, or unset HF_HUB_OFFLINE.")
+    return name, None
+
+
+@router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep) -> Job:
+    """Queue a fine-tuning job on a dataset."""
+    dataset = session.get(Dataset, job_in.dataset_id)
+    if dataset is None:
+        raise HTTPException(404, f"No dataset with id {job_in.dataset_id!r}; upload one with POST /datasets.")
+    if dataset.task not in TRAINABLE_TASKS:
+        raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset; this version trains "
+                                 f"{' and '.join(sorted(TRAINABLE_TASKS))} classifiers. Upload it with "
+                                 "task=single_label and a text_column/label_column to train a classifier.")
+    hp = job_in.hyperparameters
+    allowed = METRICS_BY_TASK[dataset.task]
+    if hp.metric_for_best_model not in allowed:
+        raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "
+                                 f"{dataset.task} jobs; choose one of {sorted(allowed)}.")
+    base_model, base_model_id = _resolve_base_model(session, settings, job_in.base_model)
+    job = crud.create_job(session, values={
+        "dataset_id": dataset.id, "tenant_id": dataset.tenant_id, "base_model": base_model,
+        "base_model_id": base_model_id, "task": dataset.task, "best_metric_name": hp.metric_for_best_model,
+        "hyperparameters": hp.model_dump(mode="json"),
+    })
+    session.commit()
+    try:
+        enqueue(TRAIN_TASK, job.id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job.id)
+        crud.mark_failed(session, job_id=job.id, error=f"The job could not be queued: the broker did not "
+                         f"answer ({type(exc).__name__}). Check GET /readyz and start the job again.")
+        session.commit()
+        raise HTTPException(503, f"The broker did not answer, so job {job.id} could not be queued; it is "
+                                 "marked failed. Check GET /readyz, then start the job again.") from exc
+    session.refresh(job)
+    return job
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    dataset_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> JobsPublic:
+    """List jobs, newest first."""
+    rows, count = crud.list_jobs(session, state=state, dataset_id=dataset_id, limit=limit, offset=offset)
+    return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, session: SessionDep) -> Job:
+    """One job: state, progress, step/total, ETA, micro-batch, accumulation, best metric, error."""
+    return _get_job_or_404(session, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep) -> Job:
+    """Cancel a job: at once when queued, within one optimizer step when running."""
+    job = _get_job_or_404(session, job_id)
+    if crud.cancel_queued(session, job_id=job_id):
+        crud.add_event(session, job_id=job_id, kind="cancelled", message="Cancelled before it started.")
+    elif crud.request_cancel(session, job_id=job_id):
+        crud.add_event(session, job_id=job_id, kind="cancel_requested",
+                       message="Cancel requested; the worker stops after the current optimizer step.")
+    else:
+        session.refresh(job)
+        raise HTTPException(409, f"Job {job_id} already ended ({job.state}); there is nothing to cancel.")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+@router.get("/{job_id}/events", response_model=list[JobEventPublic])
+def list_job_events(job_id: str, session: SessionDep, since_id: int = Query(0, ge=0)) -> list[Any]:
+    """The job's event log, oldest first (`since_id` returns only newer events)."""
+    _get_job_or_404(session, job_id)
+    return list(crud.list_events(session, job_id=job_id, since_id=since_id))
+
+
+@router.get("/{job_id}/metrics")
+def read_job_metrics(
+    job_id: str, session: SessionDep,
+    kind: Literal["train", "eval"] | None = None,
+    since_step: int | None = Query(None, ge=0),
+) -> dict[str, Any]:
+    """Train and eval series, the best and final eval points, and the base-vs-tuned comparison."""
+    job = _get_job_or_404(session, job_id)
+    points = crud.list_metric_points(session, job_id=job_id, kind=kind, since_step=since_step)
+    series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    for p in points:
+        series.setdefault(p.kind, []).append({"step": p.step, "epoch": p.epoch, **p.values})
+    metric = job.best_metric_name or "loss"
+    return {**series, "summary": _summary(series["eval"], metric), "comparison": job.comparison}
+
+
+def _summary(evals: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    scored = [e for e in evals if isinstance(e.get(metric), int | float)]
+    best = None
+    if scored:
+        pick = min if metric in LOWER_IS_BETTER else max
+        best = pick(scored, key=lambda e: e[metric])
+    return {"metric": metric, "greater_is_better": metric not in LOWER_IS_BETTER,
+            "best": best, "final": evals[-1] if evals else None}
+
+
+@router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic])
+def list_job_checkpoints(job_id: str, session: SessionDep) -> list[Any]:
+    """Checkpoints with their eval metrics; `available` is false once pruned from disk."""
+    _get_job_or_404(session, job_id)
+    return list(crud.list_checkpoints(session, job_id=job_id))
+
+
+@router.post("/{job_id}/compare", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
+def compare_job(job_id: str, session: SessionDep) -> Job:
+    """Recompute the base-vs-tuned comparison of a succeeded job (the result lands in /metrics)."""
+    job = _get_job_or_404(session, job_id)
+    if job.state != "succeeded" or not job.model_id:
+        raise HTTPException(409, f"Job {job_id} is {job.state}; only a succeeded job has a tuned model "
+                                 "to compare with its base.")
+    crud.add_event(session, job_id=job_id, kind="comparison_requested",
+                   message="Base-vs-tuned comparison queued.")
+    session.commit()
+    try:
+        enqueue(COMPARE_TASK, job_id)
+    except Exception as exc:
+        raise HTTPException(503, "The broker did not answer; check GET /readyz and try again.") from exc
+    return job

@@ -116,6 +116,7 @@ class JobsPublic(BaseModel):
 class JobEventPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    id: int
     time: datetime
     kind: str
     message: str

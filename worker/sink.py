@@ -1,0 +1,97 @@
+"""The training loop's sink over SQL: every event, metric point and checkpoint becomes a row as
+it happens, so the API shows a live run and nothing is lost when the process dies."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from app.db import session_scope
+from app.models import Checkpoint, Job, JobEvent, MetricPoint
+from worker.recovery import LeaseKeeper
+
+log = logging.getLogger("tuneserve.worker.sink")
+
+# Job columns the loop's progress() may set.
+_PROGRESS_FIELDS = {
+    "step", "total_steps", "epoch", "micro_batch_size", "grad_accum_steps", "eval_batch_size",
+    "eta_s", "peak_memory_mb", "device", "best_metric_name", "best_metric", "progress",
+}
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON; PostgreSQL's JSON type refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _json_safe(value.item())
+    return value
+
+
+def add_event(job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+    with session_scope() as session:
+        session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=_json_safe(data)))
+
+
+class SqlSink:
+    def __init__(self, job_id: str, lease: LeaseKeeper, min_progress_interval_s: float = 1.0) -> None:
+        self.job_id = job_id
+        self.lease = lease
+        self.min_progress_interval_s = min_progress_interval_s
+        self._last_progress_write = 0.0
+
+    def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        log.info("job %s: %s: %s", self.job_id, kind, message)
+        add_event(self.job_id, kind, message, data)
+
+    def _point(self, kind: str, step: int, epoch: float, values: dict[str, Any]) -> None:
+        with session_scope() as session:
+            session.add(MetricPoint(job_id=self.job_id, kind=kind, step=step, epoch=float(epoch),
+                                    values=_json_safe(values)))
+
+    def train_point(self, step: int, epoch: float, values: dict[str, Any]) -> None:
+        self._point("train", step, epoch, values)
+
+    def eval_point(self, step: int, epoch: float, values: dict[str, Any]) -> None:
+        self._point("eval", step, epoch, values)
+
+    def checkpoint_saved(self, step: int, epoch: float, metrics: dict[str, Any], path: Path,
+                         is_best: bool) -> None:
+        with session_scope() as session:
+            if is_best:
+                session.execute(update(Checkpoint).where(Checkpoint.job_id == self.job_id)
+                                .values(is_best=False))
+            session.add(Checkpoint(job_id=self.job_id, step=step, epoch=float(epoch),
+                                   metrics=_json_safe(metrics), path=str(path), is_best=is_best))
+
+    def checkpoint_removed(self, path: Path) -> None:
+        with session_scope() as session:
+            session.execute(update(Checkpoint)
+                            .where(Checkpoint.job_id == self.job_id, Checkpoint.path == str(path))
+                            .values(available=False))
+
+    def progress(self, **fields: Any) -> None:
+        values = {k: _json_safe(v) for k, v in fields.items() if k in _PROGRESS_FIELDS}
+        total, step = values.get("total_steps"), values.get("step")
+        if "progress" not in values and total and step is not None:
+            values["progress"] = min(1.0, step / total)
+        now = time.monotonic()
+        # Throttled: one UPDATE per second at most, but never skip the final step's figures.
+        if now - self._last_progress_write < self.min_progress_interval_s and step != total:
+            return
+        self._last_progress_write = now
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id == self.job_id, Job.state == "running")
+                            .values(**values))
+
+    def should_stop(self) -> bool:
+        return self.lease.cancel_requested.is_set() or self.lease.lease_lost.is_set()

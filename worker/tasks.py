@@ -1,0 +1,176 @@
+"""Celery tasks: thin, like views. Ids travel through the queue, never rows or tensors."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from app import store
+from app.db import session_scope
+from app.models import Dataset, Job, TunedModel, new_id, utcnow
+from app.queue import COMPARE_TASK, TRAIN_TASK
+from app.schemas.jobs import Hyperparameters
+from app.settings import get_settings
+from worker.celery_app import app
+from worker.recovery import LeaseKeeper, claim_job, new_attempt_token
+from worker.sink import SqlSink, add_event
+
+log = logging.getLogger("tuneserve.worker.tasks")
+
+
+@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
+def train(job_id: str) -> None:
+    """Run (or resume) one fine-tuning job to a final state."""
+    token = new_attempt_token()
+    claim = claim_job(job_id, token)
+    if claim is None:
+        log.info("job %s: not claimable (finished, cancelled or alive elsewhere); delivery dropped", job_id)
+        return
+    settings = get_settings()
+    with LeaseKeeper(job_id, token, settings.heartbeat_interval_s) as lease:
+        sink = SqlSink(job_id, lease)
+        if claim == "taken_over":
+            sink.event("attempt", f"Worker {token} took over the job; it resumes from its last checkpoint.")
+        else:
+            sink.event("started", f"Worker {token} started the job.")
+        try:
+            outcome, fields = _run(job_id, sink)
+        except Exception as exc:
+            outcome, fields = "failed", {"error": _error_message(exc)}
+            log.exception("job %s failed", job_id)
+        if lease.lease_lost.is_set():
+            log.warning("job %s: lease lost to another worker; this attempt leaves the job to it", job_id)
+            return
+    _finish(job_id, token, outcome, **fields)
+
+
+def _error_message(exc: Exception) -> str:
+    from worker.loop import TrainingError
+
+    if isinstance(exc, TrainingError):
+        return str(exc)
+    return (f"Training stopped on an unexpected error ({type(exc).__name__}: {exc}). "
+            "This is a bug in tuneserve, not in your data: the job's events and the worker log "
+            "have the details; retrying the job resumes from its last checkpoint.")
+
+
+def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
+    """Build the task from the job's dataset and run the loop; returns the final state."""
+    from worker.classification import build_classification_task
+    from worker.loop import TrainConfig, run_training
+
+    settings = get_settings()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        dataset = session.get(Dataset, job.dataset_id)
+        if dataset is None:
+            return "failed", {"error": f"Dataset {job.dataset_id} was deleted before the job ran."}
+        base_model_path = _base_model_path(session, job)
+        hp = Hyperparameters.model_validate(job.hyperparameters)
+        dataset_dir, labels, task = Path(dataset.storage_path), list(dataset.labels), dataset.task
+
+    config = TrainConfig.from_hyperparameters(hp, settings)
+    training_task = build_classification_task(
+        dataset_dir, labels, multi_label=task == "multi_label", base_model=base_model_path, config=config
+    )
+    result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)
+    if result.cancelled:
+        return "cancelled", {}
+    checkpoint = result.best_checkpoint if hp.load_best_model_at_end and result.best_checkpoint else None
+    checkpoint = checkpoint or result.last_checkpoint
+    if checkpoint is None:
+        return "failed", {"error": "Training ended without a checkpoint to export (no optimizer step ran)."}
+    model_id = _register_model(job_id, Path(checkpoint), result, labels, task, hp)
+    sink.event("model_ready", f"Tuned model {model_id} is ready to serve.", {"model_id": model_id,
+               "checkpoint": str(checkpoint)})
+    _compare_quietly(job_id, sink)
+    return "succeeded", {"model_id": model_id, "progress": 1.0}
+
+
+def _compare_quietly(job_id: str, sink: SqlSink) -> None:
+    """The base-vs-tuned report is part of every job, but a failure to make it must not fail
+    a job whose model is already trained and registered."""
+    from worker.compare import compare_job
+
+    try:
+        compare_job(job_id)
+    except Exception as exc:
+        log.exception("job %s: comparison failed", job_id)
+        sink.event("comparison_failed", f"The base-vs-tuned comparison could not be made ({exc}); "
+                   "POST /jobs/{id}/compare retries it.")
+
+
+def _base_model_path(session: Any, job: Job) -> str:
+    if job.base_model_id:
+        tuned = session.get(TunedModel, job.base_model_id)
+        if tuned is None:
+            from worker.loop import TrainingError
+
+            raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
+                                "start the job again from another model.")
+        return str(tuned.path)
+    return store.resolve_base_model(job.base_model)
+
+
+def _register_model(job_id: str, checkpoint: Path, result: Any, labels: list[str], task: str,
+                    hp: Hyperparameters) -> str:
+    from worker.export import export_tuned_model
+
+    settings = get_settings()
+    model_id = new_id("mdl")
+    destination = store.model_dir(settings.models_dir, model_id)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        checkpoint_meta = store.read_model_meta(checkpoint)
+        meta = {
+            "task": task, "labels": labels, "thresholds": checkpoint_meta.get("thresholds"),
+            "max_seq_length": hp.max_seq_length, "base_model": job.base_model, "job_id": job_id,
+        }
+        export_tuned_model(checkpoint, destination, meta)
+        try:
+            metrics = result.best_metrics or result.final_metrics or {}
+            session.add(TunedModel(
+                id=model_id, tenant_id=job.tenant_id, job_id=job_id, base_model=job.base_model, task=task,
+                labels=labels, thresholds=meta["thresholds"], metrics=_flat_metrics(metrics),
+                max_seq_length=hp.max_seq_length, path=str(destination),
+                size_bytes=store.dir_size_bytes(destination),
+            ))
+            session.flush()
+        except BaseException:
+            shutil.rmtree(destination, ignore_errors=True)
+            raise
+    return model_id
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    from worker.sink import _json_safe
+
+    return _json_safe(metrics)
+
+
+def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
+    with session_scope() as session:
+        done = session.execute(
+            update(Job).where(Job.id == job_id, Job.worker == token, Job.state == "running")
+            .values(state=state, finished_at=utcnow(), heartbeat_at=None, **fields)
+        ).rowcount
+    if not done:
+        log.warning("job %s: final state %s not recorded (no longer owned by this attempt)", job_id, state)
+        return
+    message = {"succeeded": "The job succeeded.", "cancelled": "The job was cancelled.",
+               "failed": f"The job failed: {fields.get('error')}"}[state]
+    add_event(job_id, state, message)
+
+
+@app.task(name=COMPARE_TASK, acks_late=True)
+def compare(job_id: str) -> None:
+    """Base model vs tuned model on the validation (and test) split, stored on the job."""
+    from worker.compare import compare_job
+
+    compare_job(job_id)
