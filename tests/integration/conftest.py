@@ -1,0 +1,152 @@
+"""Real processes: a Celery worker subprocess on the Redis at 127.0.0.1:6379 (or the embedded
+SQLite broker), the API over the same PostgreSQL/SQLite database, and helpers to drive them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, ROOT, configure
+
+
+class WorkerProcess:
+    """One `celery -A worker.celery_app worker` subprocess with its own log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+             "--concurrency", "1", "--queues", "training", "--loglevel", "INFO",
+             "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        start_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited at start:\n{self.log_text()[-3000:]}")
+            if " ready." in self.log_text()[start_size:]:
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout_s}s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-step, acknowledges nothing and cleans up nothing."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[str]:
+    """The Redis on 127.0.0.1:6379, database 15, emptied before and after each test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+def service_env(tmp_path: Path, database_url: str, broker_url: str, **extra: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "TUNESERVE_DATA_DIR": str(tmp_path / "var"),
+        "TUNESERVE_MODELS_DIR": str(tmp_path / "models_store"),
+        "TUNESERVE_DATABASE_URL": database_url,
+        "TUNESERVE_BROKER_URL": broker_url,
+        "TUNESERVE_AUTO_MIGRATE": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # Two cores here: a worker that takes both starves the test process that watches it.
+        "TUNESERVE_TORCH_THREADS": "1",
+    })
+    env.update({f"TUNESERVE_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
+          redis_broker: str) -> Iterator[Callable[..., tuple[Any, Callable[..., WorkerProcess]]]]:
+    """Returns make(**settings) -> (api client, start_worker()): the API in-process over the same
+    database and broker as worker subprocesses started with the same settings."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    workers: list[WorkerProcess] = []
+    clients: list[Any] = []
+
+    def make(**extra: Any) -> tuple[Any, Callable[..., WorkerProcess]]:
+        configure(monkeypatch, tmp_path, database_url, broker_url=redis_broker,
+                  **{k: str(v) for k, v in extra.items()})
+        client = TestClient(create_app())
+        client.__enter__()
+        clients.append(client)
+        env = service_env(tmp_path, database_url, redis_broker, **extra)
+
+        def start_worker() -> WorkerProcess:
+            worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log").start()
+            workers.append(worker)
+            return worker
+
+        return client, start_worker
+
+    yield make
+    for worker in workers:
+        worker.stop()
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def upload(client: Any, path: Path, **form: str) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        resp = client.post("/datasets", files={"file": (path.name, fh)}, data=form)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def wait_for_job(client: Any, job_id: str, states: set[str], timeout_s: float = 240,
+                 worker: WorkerProcess | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.3)
+    logs = worker.log_text()[-4000:] if worker else ""
+    events = client.get(f"/jobs/{job_id}/events").json()
+    raise TimeoutError(f"job {job_id} still {job.get('state')} after {timeout_s}s; events={events}\n{logs}")
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 120, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
