@@ -99,13 +99,15 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
     workers: list[WorkerProcess] = []
     clients: list[Any] = []
 
-    def make(**extra: Any) -> tuple[Any, Callable[..., WorkerProcess]]:
-        configure(monkeypatch, tmp_path, database_url, broker_url=redis_broker,
+    def make(embedded_broker: bool = False, **extra: Any) -> tuple[Any, Callable[..., WorkerProcess]]:
+        # The embedded broker: Celery's SQLAlchemy transport on a SQLite file, as `tuneserve up` uses.
+        broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}" if embedded_broker else redis_broker
+        configure(monkeypatch, tmp_path, database_url, broker_url=broker,
                   **{k: str(v) for k, v in extra.items()})
         client = TestClient(create_app())
         client.__enter__()
         clients.append(client)
-        env = service_env(tmp_path, database_url, redis_broker, **extra)
+        env = service_env(tmp_path, database_url, broker, **extra)
 
         def start_worker() -> WorkerProcess:
             worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log").start()
@@ -119,6 +121,20 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
         worker.stop()
     for client in clients:
         client.__exit__(None, None, None)
+
+
+def write_sentiment_csv(path: Path, rows: int = 96) -> Path:
+    """An easy two-class set: a tiny random model learns it in a few steps."""
+    pos = ["great film, loved it", "wonderful acting and a fine story", "a delight from start to end",
+           "superb, moving and funny"]
+    neg = ["awful film, hated it", "boring plot and dull acting", "a waste of two hours",
+           "terrible, slow and silly"]
+    lines = ["text,label"]
+    for i in range(rows):
+        source = pos if i % 2 == 0 else neg
+        lines.append(f"\"{source[i // 2 % len(source)]} #{i}\",{'positive' if i % 2 == 0 else 'negative'}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def upload(client: Any, path: Path, **form: str) -> dict[str, Any]:
