@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.routes import datasets, health, jobs, models, predict
+from app.serving.predictor import Predictor
 from app.settings import get_settings
 
 log = logging.getLogger("tuneserve.api")
@@ -23,7 +24,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         upgrade_head(settings.database_url)
         log.info("database schema is at head (%s)", settings.database_url.split("@")[-1])
-    yield
+    app.state.predictor = Predictor(settings)  # cheap: torch is imported on the first load
+    try:
+        yield
+    finally:
+        await app.state.predictor.aclose()
 
 
 def create_app() -> FastAPI:
