@@ -1,7 +1,250 @@
-"""The /datasets resource."""
+"""The /datasets resource: upload labelled data and learn what the service understood."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import tempfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import IntegrityError
+from starlette.types import Message
+
+from app.crud import datasets as crud
+from app.deps import SessionDep, SettingsDep
+from app.ingest import IngestError, IngestOptions, IngestResult, SourceFile, UploadTooLarge, ingest
+from app.ingest.infer import TASKS
+from app.ingest.storage import preview, remove_dataset
+from app.ingest.upload import SavedUpload, save_upload
+from app.models import Dataset, new_id
+from app.schemas.datasets import DatasetDetail, DatasetPublic, DatasetsPublic
+from app.settings import Settings, get_settings
+
+# Multipart boundaries and the small form fields ride on top of the files' bytes.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def _too_large(settings: Settings) -> str:
+    return (
+        f"the upload is larger than the limit of {settings.max_upload_mb} MB (all files of one request "
+        "together): upload a smaller file (a sample, or split it) or raise TUNESERVE_MAX_UPLOAD_MB"
+    )
+
+
+class UploadLimitRoute(APIRoute):
+    """Counts body bytes as they arrive, so an oversized upload is refused while it streams (413)
+    rather than after the multipart parser has spooled all of it to disk."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            if request.method != "POST":
+                return await handler(request)
+            settings = get_settings()
+            limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise HTTPException(413, _too_large(settings))
+            received = 0
+
+            async def counting_receive() -> Message:
+                nonlocal received
+                message = await request.receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, _too_large(settings))
+                return message
+
+            return await handler(Request(request.scope, counting_receive))
+
+        return limited
+
+
+router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute)
+
+FileField = Annotated[UploadFile | None, File()]
+NameField = Annotated[str | None, Form(description="Defaults to the file name.")]
+TaskField = Annotated[str | None, Form(description="single_label, multi_label or chat; inferred if absent.")]
+TextColumnField = Annotated[str | None, Form(description="Inferred if absent.")]
+LabelColumnField = Annotated[
+    str | None, Form(description="One column, or several comma-separated 0/1 columns (one per label).")
+]
+SplitField = Annotated[str | None, Form(description="Fraction held out when no validation_file; 0.2.")]
+SeedField = Annotated[str | None, Form(description="Seed of the validation split; 42.")]
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    return value.strip() if value and value.strip() else None
+
+
+def _options(task: str | None, text_column: str | None, label_column: str | None,
+             validation_split: str | None, seed: str | None) -> IngestOptions:
+    """The form fields checked, each failure a 422 that says what to send instead."""
+    task = _blank_to_none(task)
+    if task is not None and task not in TASKS:
+        raise HTTPException(422, f"task {task!r} is not one of {', '.join(TASKS)}; leave it out to infer it")
+    split_text, seed_text = _blank_to_none(validation_split), _blank_to_none(seed)
+    try:
+        fraction = float(split_text) if split_text else 0.2
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 < fraction < 1.0:
+        raise HTTPException(
+            422, "validation_split must be a number between 0 and 1 (exclusive), e.g. 0.2; "
+            f"got {validation_split!r}",
+        )
+    try:
+        seed_value = int(seed_text) if seed_text else 42
+    except ValueError as e:
+        raise HTTPException(422, f"seed must be an integer, e.g. 42; got {seed!r}") from e
+    labels = [c.strip() for c in (label_column or "").split(",") if c.strip()]
+    return IngestOptions(task=task, text_column=_blank_to_none(text_column), label_columns=labels,
+                         validation_split=fraction, seed=seed_value)
+
+
+async def _save_all(uploads: dict[str, UploadFile | None], directory: Path,
+                    settings: Settings) -> dict[str, SavedUpload]:
+    saved: dict[str, SavedUpload] = {}
+    budget = settings.max_upload_bytes
+    for field_name, upload in uploads.items():
+        if upload is None:
+            continue
+        try:
+            saved[field_name] = await save_upload(
+                upload, filename=upload.filename, dest=directory / field_name, limit_bytes=budget,
+            )
+        except UploadTooLarge as e:
+            raise UploadTooLarge(_too_large(settings)) from e
+        budget -= saved[field_name].size_bytes
+    return saved
+
+
+def _source(saved: dict[str, SavedUpload], field_name: str) -> SourceFile | None:
+    upload = saved.get(field_name)
+    return SourceFile(upload.path, upload.filename) if upload else None
+
+
+@router.post("", response_model=DatasetPublic, status_code=201)
+async def create_dataset(
+    session: SessionDep,
+    settings: SettingsDep,
+    file: FileField = None,
+    validation_file: FileField = None,
+    test_file: FileField = None,
+    name: NameField = None,
+    task: TaskField = None,
+    text_column: TextColumnField = None,
+    label_column: LabelColumnField = None,
+    validation_split: SplitField = None,
+    seed: SeedField = None,
+) -> Dataset:
+    """Upload labelled data; the response says what was understood and what is wrong with it."""
+    if file is None:
+        raise HTTPException(422, "no training data: send the file as the multipart form field 'file'")
+    options = _options(task, text_column, label_column, validation_split, seed)
+    dataset_id = new_id("ds")
+    directory = settings.datasets_dir / dataset_id
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    uploads = {"file": file, "validation_file": validation_file, "test_file": test_file}
+    try:
+        # The uploads live only as long as this request: the directory goes when the block ends.
+        with tempfile.TemporaryDirectory(dir=settings.uploads_dir) as tmp:
+            saved = await _save_all(uploads, Path(tmp), settings)
+            result = await run_in_threadpool(
+                ingest, train=_source(saved, "file"), validation=_source(saved, "validation_file"),  # type: ignore[arg-type]
+                test=_source(saved, "test_file"), options=options, directory=directory,
+                max_rows=settings.max_dataset_rows,
+            )
+    except UploadTooLarge as e:
+        raise HTTPException(413, str(e)) from e
+    except IngestError as e:
+        raise HTTPException(422, str(e)) from e
+    try:
+        dataset = crud.create_dataset(session, values=_row_values(
+            session, dataset_id=dataset_id, directory=directory, result=result, upload=saved["file"],
+            raw_filename=file.filename, name=_blank_to_none(name),
+        ))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        remove_dataset(directory)
+        raise
+    return dataset
+
+
+def _row_values(session: SessionDep, *, dataset_id: str, directory: Path, result: IngestResult,
+                upload: SavedUpload, raw_filename: str | None, name: str | None) -> dict[str, Any]:
+    warnings = list(result.warnings)
+    if raw_filename and upload.filename != raw_filename.strip():
+        warnings.append(f"file name {raw_filename!r} was reduced to {upload.filename!r}")
+    earlier = crud.find_by_sha256(session, sha256=upload.sha256)
+    if earlier is not None:
+        warnings.append(
+            f"identical content was uploaded before as dataset {earlier.id} ({earlier.name!r}); stored again "
+            f"as a new dataset: use {earlier.id} instead if you meant the same data"
+        )
+    return {
+        "id": dataset_id, "name": (name or upload.filename)[:255], "task": result.task,
+        "format": result.format, "encoding": result.encoding, "text_column": result.text_column,
+        "label_columns": result.label_columns, "labels": result.labels, "num_rows": result.num_rows,
+        "label_distribution": result.label_distribution, "rejected_rows": result.rejected_rows,
+        "warnings": warnings, "report": result.report, "sha256": upload.sha256,
+        "size_bytes": upload.size_bytes, "storage_path": str(directory.resolve()),
+    }
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(
+    session: SessionDep,
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DatasetsPublic:
+    """List datasets, newest first."""
+    rows, count = crud.list_datasets(session, limit=limit, offset=skip)
+    return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], count=count)
+
+
+def _get_or_404(session: SessionDep, dataset_id: str) -> Dataset:
+    dataset = crud.get_dataset(session, dataset_id=dataset_id)
+    if dataset is None:
+        raise HTTPException(404, f"dataset {dataset_id!r} not found; GET /datasets lists the existing ones")
+    return dataset
+
+
+@router.get("/{dataset_id}", response_model=DatasetDetail)
+def read_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> DatasetDetail:
+    """One dataset with its report and a preview of its first training rows."""
+    dataset = _get_or_404(session, dataset_id)
+    rows = preview(Path(dataset.storage_path), rows=settings.preview_rows, task=dataset.task,
+                   labels=dataset.labels)
+    return DatasetDetail(**DatasetPublic.model_validate(dataset).model_dump(), preview=rows)
+
+
+@router.delete("/{dataset_id}", status_code=204, response_model=None)
+def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a dataset and its files, unless a job uses it."""
+    dataset = _get_or_404(session, dataset_id)
+    jobs = crud.job_ids_using(session, dataset_id=dataset_id)
+    if jobs:
+        raise HTTPException(409, _in_use(dataset_id, jobs))
+    directory = Path(dataset.storage_path)
+    try:
+        crud.delete_dataset(session, dataset=dataset)
+        session.commit()
+    except IntegrityError as e:  # a job was created in between
+        session.rollback()
+        jobs = crud.job_ids_using(session, dataset_id=dataset_id)
+        raise HTTPException(409, _in_use(dataset_id, jobs)) from e
+    # Only ever remove a directory inside the datasets dir, whatever the row says.
+    if directory.resolve().parent == settings.datasets_dir.resolve():
+        remove_dataset(directory)
+    return Response(status_code=204)
+
+
+def _in_use(dataset_id: str, jobs: list[str]) -> str:
+    return (f"dataset {dataset_id} is used by job(s) {', '.join(jobs)}: a dataset stays while jobs refer "
+            "to it; delete those jobs first")

@@ -1,0 +1,44 @@
+"""Data access for datasets. No HTTP here: functions return rows or None."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import Dataset, Job
+
+
+def create_dataset(session: Session, *, values: dict[str, Any]) -> Dataset:
+    dataset = Dataset(**values)
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def get_dataset(session: Session, *, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def list_datasets(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[Sequence[Dataset], int]:
+    """Newest first, with the total count."""
+    count = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
+    return session.scalars(query).all(), count
+
+
+def find_by_sha256(session: Session, *, sha256: str) -> Dataset | None:
+    """The earliest dataset uploaded with exactly these bytes, if any."""
+    query = select(Dataset).where(Dataset.sha256 == sha256).order_by(Dataset.created_at).limit(1)
+    return session.scalars(query).first()
+
+
+def job_ids_using(session: Session, *, dataset_id: str) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id).order_by(Job.created_at)))
+
+
+def delete_dataset(session: Session, *, dataset: Dataset) -> None:
+    session.delete(dataset)
+    session.flush()

@@ -1,0 +1,109 @@
+"""Turning one cell (a CSV string, a JSON value or a Parquet value) into what we need."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+# Chat dialects: OpenAI-style role/content and ShareGPT-style from/value.
+_ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
+                 "gpt": "assistant", "bot": "assistant", "model": "assistant"}
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def as_text(value: Any) -> str | None:
+    """The cell as trimmed text, or None when it is empty."""
+    if is_missing(value):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text.strip() or None
+
+
+def label_token(value: Any) -> str | None:
+    """A label as its trimmed name: 2, 2.0 and "2   " are all "2"."""
+    if is_missing(value):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip() or None
+
+
+def is_sequence(value: Any) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def label_tokens(value: Any) -> list[str] | None:
+    """Several labels in one cell: a list, or comma-separated names ("joy, surprise")."""
+    if is_sequence(value):
+        items = [label_token(v) for v in value]
+    elif is_missing(value):
+        return None
+    else:
+        items = [label_token(part) for part in str(value).split(",")]
+    tokens = list(dict.fromkeys(t for t in items if t))
+    return tokens or None
+
+
+def binary_flag(value: Any) -> bool | None:
+    """A 0/1 cell as a bool; None when it is neither (the caller says which)."""
+    token = label_token(value)
+    if token is None:
+        return None
+    lowered = token.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    return None
+
+
+def looks_like_messages(value: Any) -> bool:
+    value = _maybe_json(value)
+    return is_sequence(value) and len(value) > 0 and all(isinstance(m, dict) for m in value)
+
+
+def chat_messages(value: Any) -> tuple[list[dict[str, str]] | None, str | None]:
+    """(messages, None) for a valid conversation, else (None, why it was rejected)."""
+    value = _maybe_json(value)
+    if not is_sequence(value) or len(value) == 0:
+        return None, "messages is empty or not a list of {role, content} objects"
+    messages = []
+    for turn in value:
+        if not isinstance(turn, dict):
+            return None, "messages holds something that is not a {role, content} object"
+        raw_role = str(turn.get("role", turn.get("from", ""))).strip().lower()
+        role = _ROLE_ALIASES.get(raw_role)
+        if role is None:
+            return None, f"message role '{raw_role}' is not system, user or assistant"
+        content = as_text(turn.get("content", turn.get("value")))
+        if content is None:
+            return None, f"a {role} message has empty content"
+        messages.append({"role": role, "content": content})
+    roles = {m["role"] for m in messages}
+    if "user" not in roles or "assistant" not in roles:
+        return None, "messages needs at least one user and one assistant turn"
+    return messages, None
+
+
+def _maybe_json(value: Any) -> Any:
+    """Chat turns stored as a JSON string in a CSV cell."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

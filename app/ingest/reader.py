@@ -1,0 +1,147 @@
+"""Reading one uploaded file into a DataFrame, the format sniffed from its content.
+
+CSV/TSV cells stay strings (`dtype=str`, no NA guessing: a label "None" is a label); JSON,
+JSONL and Parquet keep their types (ints, lists, chat messages) for the later steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app.ingest.encoding import detect_encoding, reported_name
+from app.ingest.errors import IngestError
+
+SNIFF_BYTES = 64 * 1024
+PARQUET_MAGIC = b"PAR1"
+# The delimiters we recognise in a header line, in order of preference.
+_DELIMITERS = {"\t": "tsv", ",": "csv", ";": "csv", "|": "csv"}
+_EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json",
+                      ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_FIX_JSON = 'upload an array of objects ([{"text": ..., "label": ...}]) or one object per line (JSONL)'
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame
+    format: str
+    encoding: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_table(path: Path, shown_name: str) -> Table:
+    """Parse `path` (named `shown_name` by the user) or raise IngestError saying how to fix it."""
+    if path.stat().st_size == 0:
+        raise IngestError(f"'{shown_name}' is empty: upload a file with a header row and data rows")
+    with path.open("rb") as f:
+        magic = f.read(len(PARQUET_MAGIC))
+    if magic == PARQUET_MAGIC:
+        table = Table(_read_parquet(path, shown_name), "parquet", "utf-8")  # Parquet text is UTF-8
+    else:
+        encoding = detect_encoding(path, shown_name)
+        fmt, delimiter = _sniff_text_format(path, encoding, shown_name)
+        if fmt == "json":
+            frame = _read_json_array(path, encoding, shown_name)
+        elif fmt == "jsonl":
+            frame = _read_jsonl(path, encoding, shown_name)
+        else:
+            frame = _read_delimited(path, encoding, delimiter, shown_name)
+        table = Table(frame, fmt, reported_name(encoding))
+    _check_shape(table.frame, shown_name)
+    expected = _EXTENSION_FORMATS.get(Path(shown_name).suffix.lower())
+    if expected and expected != table.format:
+        table.warnings.append(
+            f"'{shown_name}' is named like {expected} but its content is {table.format}; "
+            f"read as {table.format}"
+        )
+    return table
+
+
+def _sniff_text_format(path: Path, encoding: str, shown_name: str) -> tuple[str, str]:
+    with path.open("r", encoding=encoding, errors="ignore") as f:
+        head = f.read(SNIFF_BYTES).lstrip("\ufeff \t\r\n")
+    if not head:
+        raise IngestError(f"'{shown_name}' holds only blank space: upload a file with a header and data rows")
+    if head[0] == "[":
+        return "json", ""
+    if head[0] == "{":
+        return "jsonl", ""
+    header = head.splitlines()[0]
+    for delimiter, fmt in _DELIMITERS.items():
+        if delimiter in header:
+            return fmt, delimiter
+    # One column only: still CSV; inference will say what is missing.
+    return "csv", ","
+
+
+def _read_delimited(path: Path, encoding: str, delimiter: str, shown_name: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, encoding=encoding)
+    except pd.errors.EmptyDataError as e:
+        raise IngestError(f"'{shown_name}' has no header row: the first line must name the columns") from e
+    except (pd.errors.ParserError, ValueError) as e:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise IngestError(
+            f"'{shown_name}' is not valid {kind}: {str(e).strip()}. Quote fields that contain the "
+            f"delimiter or line breaks, and give every row as many fields as the header"
+        ) from e
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _read_json_array(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
+    try:
+        with path.open("r", encoding=encoding) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise IngestError(
+            f"'{shown_name}' is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): {_FIX_JSON}"
+        ) from e
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise IngestError(f"'{shown_name}' is JSON but not an array of objects: {_FIX_JSON}")
+    return pd.DataFrame.from_records(data)
+
+
+def _read_jsonl(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
+    records = []
+    with path.open("r", encoding=encoding) as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise IngestError(
+                    f"line {line_number} of '{shown_name}' is not valid JSON ({e.msg}, column {e.colno}): "
+                    "fix or remove that line; in JSONL each line is one complete JSON object"
+                ) from e
+            if not isinstance(record, dict):
+                raise IngestError(
+                    f"line {line_number} of '{shown_name}' is a JSON {type(record).__name__}, not an "
+                    'object: each JSONL line must be one object like {"text": ..., "label": ...}'
+                )
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _read_parquet(path: Path, shown_name: str) -> pd.DataFrame:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise IngestError(
+            f"'{shown_name}' starts like Parquet but cannot be read ({e}): write it again with "
+            "pandas.DataFrame.to_parquet or pyarrow, or upload CSV/JSONL"
+        ) from e
+    return table.to_pandas(types_mapper=None)
+
+
+def _check_shape(frame: pd.DataFrame, shown_name: str) -> None:
+    if len(frame) == 0:
+        raise IngestError(f"'{shown_name}' has no data rows: add rows below the header")
+    frame.reset_index(drop=True, inplace=True)
+    frame.columns = [str(c) for c in frame.columns]
