@@ -1,0 +1,119 @@
+"""Evaluation metrics (scikit-learn) and the fit diagnosis. Plain numpy in, plain Python out:
+every value here is JSON- and torch.load(weights_only)-safe (floats, ints, strings, lists)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    hamming_loss,
+    precision_recall_fscore_support,
+)
+
+# Candidate decision thresholds for each label of a multi-label model.
+THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
+DEFAULT_THRESHOLD = 0.5
+
+
+def single_label_metrics(logits: np.ndarray, labels: np.ndarray,
+                         label_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro/weighted precision-recall-F1, per-class figures and the confusion matrix."""
+    predictions = np.asarray(logits).argmax(axis=-1)
+    labels = np.asarray(labels)
+    ids = list(range(len(label_names)))
+    p_macro, r_macro, f1_macro, _ = precision_recall_fscore_support(
+        labels, predictions, labels=ids, average="macro", zero_division=0)
+    _, _, f1_weighted, _ = precision_recall_fscore_support(
+        labels, predictions, labels=ids, average="weighted", zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=ids, average=None, zero_division=0)
+    matrix = confusion_matrix(labels, predictions, labels=ids)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "precision_macro": float(p_macro),
+        "recall_macro": float(r_macro),
+        "f1_macro": float(f1_macro),
+        "f1_weighted": float(f1_weighted),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
+            for i, name in enumerate(label_names)
+        },
+        # Rows: true label, columns: predicted label, both in `labels` order.
+        "confusion_matrix": {"labels": list(label_names), "matrix": matrix.astype(int).tolist()},
+    }
+
+
+def tune_thresholds(probabilities: np.ndarray, targets: np.ndarray,
+                    grid: Sequence[float] = THRESHOLD_GRID) -> list[float]:
+    """Per label, the grid threshold with the best F1 on these (validation) rows. Ties go to the
+    threshold nearest 0.5; a label with no positive row keeps 0.5 (nothing to tune on)."""
+    probabilities, targets = np.asarray(probabilities), np.asarray(targets).astype(int)
+    thresholds: list[float] = []
+    for j in range(targets.shape[1]):
+        if targets[:, j].sum() == 0:
+            thresholds.append(DEFAULT_THRESHOLD)
+            continue
+        scored = [(f1_score(targets[:, j], (probabilities[:, j] >= t).astype(int), zero_division=0),
+                   -abs(t - DEFAULT_THRESHOLD), t) for t in grid]
+        thresholds.append(float(max(scored)[2]))
+    return thresholds
+
+
+def multi_label_metrics(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str],
+                        thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """Micro/macro F1, subset accuracy, hamming loss and per-label F1 at the given per-label
+    thresholds (0.5 when None); `f1_macro_at_0_5` shows what the tuning bought."""
+    probabilities, targets = np.asarray(probabilities), np.asarray(targets).astype(int)
+    cut = np.asarray(thresholds if thresholds is not None else [DEFAULT_THRESHOLD] * len(label_names))
+    predictions = (probabilities >= cut).astype(int)
+    per_label_f1 = f1_score(targets, predictions, average=None, zero_division=0)
+    _, _, _, support = precision_recall_fscore_support(targets, predictions, average=None, zero_division=0)
+    return {
+        "f1_micro": float(f1_score(targets, predictions, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(targets, predictions, average="macro", zero_division=0)),
+        "subset_accuracy": float(accuracy_score(targets, predictions)),
+        "hamming_loss": float(hamming_loss(targets, predictions)),
+        "f1_macro_at_0_5": float(f1_score(targets, (probabilities >= DEFAULT_THRESHOLD).astype(int),
+                                          average="macro", zero_division=0)),
+        "per_label": {
+            name: {"f1": float(per_label_f1[i]), "support": int(support[i]), "threshold": float(cut[i])}
+            for i, name in enumerate(label_names)
+        },
+        "thresholds": {name: float(cut[i]) for i, name in enumerate(label_names)},
+    }
+
+
+# Fit diagnosis thresholds. The losses are means per unit (sample or token), in nats.
+UNDERFIT_OF_BASELINE = 0.85   # train loss >= 85% of an uninformed model's loss: barely learned yet
+OVERFIT_GAP_RATIO = 1.5       # validation loss > 1.5x the train loss...
+OVERFIT_GAP_ABS = 0.1         # ...and more than 0.1 nats above it (tiny losses make ratios noisy)
+TREND_TOLERANCE = 0.01        # validation loss moves by more than 1% of its best: a trend, not noise
+
+
+def diagnose_fit(train_loss: float, eval_loss: float, previous_eval_losses: Sequence[float],
+                 baseline_loss: float | None = None) -> str:
+    """`underfitting` / `learning` / `good` / `overfitting`, as the seed scripts' table reads:
+
+    - overfitting: validation loss well above train loss (ratio AND absolute gap above) and not
+      improving any more (at or above its best so far), or rising by more than the tolerance;
+    - underfitting: train loss still near the uninformed baseline (the label prior's loss);
+    - learning: validation loss still falling (more than the tolerance below its best so far);
+    - good: a small gap and a plateau: more epochs would not buy much.
+    """
+    best_before = min(previous_eval_losses) if previous_eval_losses else None
+    improving = best_before is None or eval_loss < best_before * (1 - TREND_TOLERANCE)
+    rising = best_before is not None and eval_loss > best_before * (1 + TREND_TOLERANCE)
+    wide_gap = eval_loss > train_loss * OVERFIT_GAP_RATIO and eval_loss - train_loss > OVERFIT_GAP_ABS
+    if wide_gap and (rising or not improving):
+        return "overfitting"
+    if baseline_loss is not None and baseline_loss > 0 and train_loss >= UNDERFIT_OF_BASELINE * baseline_loss:
+        return "underfitting"
+    if improving:
+        return "learning"
+    return "good"
