@@ -52,7 +52,7 @@ def read_table(path: Path, shown_name: str) -> Table:
         else:
             frame = _read_delimited(path, encoding, delimiter, shown_name)
         table = Table(frame, fmt, reported_name(encoding))
-    _check_shape(table.frame, shown_name)
+    table.frame = _checked(table.frame, shown_name)
     expected = _EXTENSION_FORMATS.get(Path(shown_name).suffix.lower())
     if expected and expected != table.format:
         table.warnings.append(
@@ -140,8 +140,9 @@ def _read_parquet(path: Path, shown_name: str) -> pd.DataFrame:
     return table.to_pandas(types_mapper=None)
 
 
-def _check_shape(frame: pd.DataFrame, shown_name: str) -> None:
+def _checked(frame: pd.DataFrame, shown_name: str) -> pd.DataFrame:
     if len(frame) == 0:
         raise IngestError(f"'{shown_name}' has no data rows: add rows below the header")
-    frame.reset_index(drop=True, inplace=True)
+    frame = frame.reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
+    return frame
