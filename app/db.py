@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
@@ -53,3 +54,10 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def rows_updated(session: Session, statement: Executable) -> int:
+    """Run an UPDATE/DELETE and return how many rows it touched (conditional state changes
+    read this to learn whether they won)."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return int(result.rowcount)

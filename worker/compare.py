@@ -118,10 +118,10 @@ class _Scorer:
                                  padding=True, return_tensors="pt")
             logits = self.model(**enc).logits.float()
             probs = torch.sigmoid(logits) if self.multi else torch.softmax(logits, dim=-1)
-            out.append((idx, probs.numpy()))
+            out.append((idx, probs.cpu().numpy()))
         result = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
-        for idx, probs in out:
-            result[idx] = probs
+        for idx, batch_probs in out:
+            result[idx] = batch_probs
         return result
 
 

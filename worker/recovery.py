@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 
-from app.db import session_scope
+from app.db import rows_updated, session_scope
 from app.models import Job, JobEvent, utcnow
 from app.queue import TRAIN_TASK, enqueue
 from app.settings import get_settings
@@ -34,34 +34,28 @@ def claim_job(job_id: str, token: str) -> str | None:
     lease = timedelta(seconds=get_settings().job_lease_s)
     now = utcnow()
     with session_scope() as session:
-        fresh = session.execute(
-            update(Job)
+        fresh = rows_updated(session, update(Job)
             .where(Job.id == job_id, Job.state == "queued")
             .values(state="running", worker=token, heartbeat_at=now, started_at=now,
-                    attempts=Job.attempts + 1)
-        ).rowcount
+                    attempts=Job.attempts + 1))
         if fresh:
             return "started"
-        stale = session.execute(
-            update(Job)
+        stale = rows_updated(session, update(Job)
             .where(
                 Job.id == job_id,
                 Job.state == "running",
                 or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - lease),
             )
-            .values(worker=token, heartbeat_at=now, attempts=Job.attempts + 1)
-        ).rowcount
+            .values(worker=token, heartbeat_at=now, attempts=Job.attempts + 1))
         return "taken_over" if stale else None
 
 
 def heartbeat(job_id: str, token: str) -> tuple[bool, bool]:
     """Renew the lease. Returns (still_owner, cancel_requested)."""
     with session_scope() as session:
-        owned = session.execute(
-            update(Job)
+        owned = rows_updated(session, update(Job)
             .where(Job.id == job_id, Job.worker == token, Job.state == "running")
-            .values(heartbeat_at=utcnow())
-        ).rowcount
+            .values(heartbeat_at=utcnow()))
         cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return bool(owned), bool(cancel)
 
@@ -111,11 +105,9 @@ def requeue_dead_jobs() -> list[str]:
         for job_id in job_ids:
             # Clearing the heartbeat marks it as handed back (the sweep skips it next time)
             # while the claim of the redelivered task still sees it as free to take over.
-            done = session.execute(
-                update(Job)
+            done = rows_updated(session, update(Job)
                 .where(Job.id == job_id, Job.state == "running", Job.heartbeat_at < cutoff)
-                .values(heartbeat_at=None)
-            ).rowcount
+                .values(heartbeat_at=None))
             if done:
                 session.add(JobEvent(
                     job_id=job_id, kind="worker_lost",

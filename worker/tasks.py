@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import update
 
 from app import store
-from app.db import session_scope
+from app.db import rows_updated, session_scope
 from app.models import Dataset, Job, TunedModel, new_id, utcnow
 from app.queue import COMPARE_TASK, TRAIN_TASK
 from app.schemas.jobs import Hyperparameters
@@ -156,10 +156,9 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
     with session_scope() as session:
-        done = session.execute(
-            update(Job).where(Job.id == job_id, Job.worker == token, Job.state == "running")
-            .values(state=state, finished_at=utcnow(), heartbeat_at=None, **fields)
-        ).rowcount
+        done = rows_updated(session, update(Job)
+                            .where(Job.id == job_id, Job.worker == token, Job.state == "running")
+                            .values(state=state, finished_at=utcnow(), heartbeat_at=None, **fields))
     if not done:
         log.warning("job %s: final state %s not recorded (no longer owned by this attempt)", job_id, state)
         return

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_updated
 from app.models import Checkpoint, Job, JobEvent, MetricPoint, utcnow
 
 ACTIVE_STATES = ("queued", "running")
@@ -51,15 +52,15 @@ def mark_failed(session: Session, *, job_id: str, error: str) -> None:
 
 def cancel_queued(session: Session, *, job_id: str) -> bool:
     """A job no worker holds is cancelled at once; returns whether it was."""
-    done = session.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
-                           .values(state="cancelled", finished_at=utcnow())).rowcount
+    done = rows_updated(session, update(Job).where(Job.id == job_id, Job.state == "queued")
+                        .values(state="cancelled", finished_at=utcnow()))
     return bool(done)
 
 
 def request_cancel(session: Session, *, job_id: str) -> bool:
     """A running job stops cooperatively within one optimizer step; returns whether asked."""
-    done = session.execute(update(Job).where(Job.id == job_id, Job.state == "running")
-                           .values(cancel_requested=True)).rowcount
+    done = rows_updated(session, update(Job).where(Job.id == job_id, Job.state == "running")
+                        .values(cancel_requested=True))
     return bool(done)
 
 
