@@ -1,7 +1,8 @@
 """Which text encoding a file uses: UTF-8 (with or without BOM) first, else charset-normalizer.
 
-Korean spreadsheets are often saved as CP949 / EUC-KR; charset-normalizer names the superset
-CP949 for both, which decodes either correctly.
+Korean spreadsheets are often saved as CP949 / EUC-KR. The two differ for syllables outside
+KS X 1001 (CP949 has codes for them, Python's EUC-KR spells them as jamo sequences), and
+charset-normalizer tells them apart; the codec it names is checked against every byte.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ PROFILE_ROWS = 20_000
 MAX_CLASSES = 1000
 # ...and at most this share of its rows distinct (free text is nearly all distinct).
 MAX_DISTINCT_SHARE = 0.5
+# Beside other 0/1 columns, a column this much 0/1 is a label column with a few bad cells
+# (those rows are rejected with the reason) rather than something else.
+NEAR_BINARY_SHARE = 0.9
 
 
 def _norm(name: str) -> str:
@@ -45,8 +48,12 @@ class Profile:
     distinct: int
     mean_chars: float
     numeric: bool
-    binary: bool
+    binary_share: float  # share of non-empty values that read as 0/1
     messages: bool
+
+    @property
+    def binary(self) -> bool:
+        return self.non_empty > 0 and self.binary_share == 1.0
 
     @property
     def label_like(self) -> bool:
@@ -62,15 +69,15 @@ class Profile:
 def profile(series: pd.Series) -> Profile:
     values = series.iloc[:PROFILE_ROWS].tolist()
     if any(cells.looks_like_messages(v) for v in values[:50]):
-        return Profile(len(values), 0, 0.0, False, False, True)
+        return Profile(len(values), 0, 0.0, False, 0.0, True)
     texts = [t for t in (cells.as_text(v) if not cells.is_sequence(v) else ",".join(map(str, v))
                          for v in values) if t is not None]
     if not texts:
-        return Profile(0, 0, 0.0, False, False, False)
+        return Profile(0, 0, 0.0, False, 0.0, False)
     numeric = all(_is_number(t) for t in texts)
-    binary = all(cells.binary_flag(t) is not None for t in texts)
+    binary_share = sum(cells.binary_flag(t) is not None for t in texts) / len(texts)
     mean_chars = sum(map(len, texts)) / len(texts)
-    return Profile(len(texts), len(set(texts)), mean_chars, numeric, binary, False)
+    return Profile(len(texts), len(set(texts)), mean_chars, numeric, binary_share, False)
 
 
 def _is_number(text: str) -> bool:
@@ -232,10 +239,11 @@ def _infer_labels(inf: Inference, plan: Plan, task: str | None) -> list[str]:
     if len(binary) >= 2 and task != "single_label" and (
         task == "multi_label" or not named or (named[0] in binary and len(binary) >= 3)
     ):
+        columns = [c for c in others if inf.profile(c).binary_share >= NEAR_BINARY_SHARE]
         plan.reasons["label_columns"] = (
-            f"{len(binary)} columns hold only 0/1 values: one column per label ({', '.join(binary)})"
+            f"{len(columns)} columns hold 0/1 values: one column per label ({', '.join(columns)})"
         )
-        return binary
+        return columns
     if named:
         choice = named[0]
         plan.reasons["label_columns"] = f"column {choice!r} has a usual name for labels"

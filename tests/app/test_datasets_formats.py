@@ -1,0 +1,245 @@
+"""Encodings, formats, multi-label shapes, chat, explicit splits and the validation report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from tests.app.datasets_support import (
+    CHATBOT_SLICE,
+    HATE_DEV_SLICE,
+    HATE_SLICE,
+    UNSMILE_COLUMNS,
+    csv_bytes,
+    stored,
+    total_distribution,
+    tsv_label_counts,
+    upload,
+)
+
+
+@pytest.mark.parametrize("codec", ["cp949", "euc-kr"])
+def test_korean_legacy_encodings(client, settings, codec: str) -> None:  # type: ignore[no-untyped-def]
+    resp = upload(client, HATE_SLICE.read_text(encoding="utf-8").encode(codec), f"hate_{codec}.tsv")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    # The slice has syllables outside KS X 1001, which the two encodings spell differently.
+    assert body["encoding"] == codec
+    assert (body["text_column"], body["label_columns"]) == ("comments", ["hate"])
+    assert total_distribution(body) == tsv_label_counts(HATE_SLICE, "hate")
+    with HATE_SLICE.open(encoding="utf-8", newline="") as f:
+        originals = {r["comments"].strip() for r in csv.DictReader(f, delimiter="\t")}
+    texts = stored(settings, body["id"]).column("text").to_pylist()
+    texts += stored(settings, body["id"], "validation").column("text").to_pylist()
+    assert set(texts) == originals  # every character decoded as written
+
+
+def test_cp949_chatbot_classifier_override(client, settings) -> None:  # type: ignore[no-untyped-def]
+    data = CHATBOT_SLICE.read_text(encoding="utf-8").encode("cp949")
+    resp = upload(client, data, "chatbot.csv", task="single_label", text_column="Q", label_column="label")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["encoding"], body["format"], body["labels"]) == ("cp949", "csv", ["0", "1", "2"])
+    assert total_distribution(body) == Counter({"0": 40, "1": 20, "2": 20})
+
+
+def test_utf8_bom(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows = [["text", "label"]] + [[f"좋은 문장 {i}", "긍정" if i % 2 else "부정"] for i in range(20)]
+    resp = upload(client, b"\xef\xbb\xbf" + csv_bytes(rows), "bom.csv")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["encoding"] == "utf-8-sig"
+    assert body["text_column"] == "text"  # the BOM did not become part of the header
+    assert body["labels"] == ["긍정", "부정"]
+
+
+def test_json_array_with_integer_labels(client, settings) -> None:  # type: ignore[no-untyped-def]
+    records = [{"review": f"movie {i} was {'great' if i % 3 else 'bad'}", "rating": i % 3, "id": i}
+               for i in range(30)]
+    resp = upload(client, json.dumps(records).encode(), "reviews.json")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["format"], body["task"], body["text_column"]) == ("json", "single_label", "review")
+    assert body["label_columns"] == ["rating"] and body["labels"] == ["0", "1", "2"]
+    assert total_distribution(body) == Counter({"0": 10, "1": 10, "2": 10})
+
+
+def test_integer_labels_sort_numerically(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows = [["text", "label"]] + [[f"text number {i}", [10, 2, 1][i % 3]] for i in range(30)]
+    body = upload(client, csv_bytes(rows), "ints.csv").json()
+    assert body["labels"] == ["1", "2", "10"]
+
+
+def test_jsonl_chat_messages(client, settings) -> None:  # type: ignore[no-untyped-def]
+    lines = []
+    for i in range(12):
+        messages = [{"role": "user", "content": f"질문 {i}"}, {"role": "assistant", "content": f"답변 {i}"}]
+        if i % 2:
+            messages.insert(0, {"role": "system", "content": "친절하게 답하세요"})
+        lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+    lines.append(json.dumps({"messages": [{"role": "user", "content": "혼자"}]}))  # no assistant turn
+    lines.append(json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]}))
+    resp = upload(client, ("\n".join(lines) + "\n").encode(), "chat.jsonl")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["format"], body["task"], body["text_column"], body["labels"]) == ("jsonl", "chat", "messages", [])
+    assert body["num_rows"] == {"train": 9, "validation": 3}
+    reasons = {r["row"]: r["reason"] for r in body["rejected_rows"]}
+    assert reasons == {13: "messages needs at least one user and one assistant turn",
+                       14: "message role 'robot' is not system, user or assistant"}
+    table = pa.concat_tables([stored(settings, body["id"]), stored(settings, body["id"], "validation")])
+    assert table.schema.field("messages").type == pa.list_(
+        pa.struct([("role", pa.string()), ("content", pa.string())]))
+    assert "label" not in table.schema.names
+    by_row = {r["row"]: r for r in table.to_pylist()}
+    assert by_row[2]["messages"][0] == {"role": "system", "content": "친절하게 답하세요"}
+    assert by_row[2]["text"] == "질문 1"  # the first user message
+    detail = client.get(f"/datasets/{body['id']}").json()
+    assert detail["preview"][0]["messages"][-1]["role"] == "assistant"
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def test_parquet_sniffed_despite_its_name(client, settings) -> None:  # type: ignore[no-untyped-def]
+    frame = pd.DataFrame({"sentence": [f"a sentence {i}" for i in range(20)], "label": [i % 2 for i in range(20)]})
+    resp = upload(client, _parquet(frame), "upload.csv")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["format"], body["text_column"], body["labels"]) == ("parquet", "sentence", ["0", "1"])
+    assert any("named like csv but its content is parquet" in w for w in body["warnings"])
+
+
+def test_parquet_list_labels_are_multi_label(client, settings) -> None:  # type: ignore[no-untyped-def]
+    tags = [["joy"], ["joy", "surprise"], ["anger"], ["surprise"]]
+    frame = pd.DataFrame({"text": [f"feeling {i}" for i in range(20)], "emotions": [tags[i % 4] for i in range(20)]})
+    body = upload(client, _parquet(frame), "emotions.parquet").json()
+    assert (body["task"], body["label_columns"]) == ("multi_label", ["emotions"])
+    assert body["labels"] == ["anger", "joy", "surprise"]
+    assert total_distribution(body) == Counter({"joy": 10, "surprise": 10, "anger": 5})
+
+
+def test_comma_separated_multi_label_column(client, settings) -> None:  # type: ignore[no-untyped-def]
+    tags = ["joy,surprise", "joy", " anger , joy ", "surprise", "sadness"]
+    rows = [["text", "emotion"]] + [[f"오늘의 기분 {i}", tags[i % 5]] for i in range(25)] + [["빈 라벨", ""]]
+    resp = upload(client, csv_bytes(rows), "emotions.csv")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["task"], body["text_column"], body["label_columns"]) == ("multi_label", "text", ["emotion"])
+    assert body["labels"] == ["anger", "joy", "sadness", "surprise"]
+    assert total_distribution(body) == Counter({"joy": 15, "surprise": 10, "anger": 5, "sadness": 5})
+    assert any("task inferred as multi_label" in w for w in body["warnings"])
+    assert body["rejected_rows"] == [{"row": 26, "reason": "missing label in column 'emotion'", "file": "file"}]
+    train = stored(settings, body["id"])
+    assert train.schema.field("label").type == pa.list_(pa.int64())
+    by_row = {r["row"]: r["label"] for r in train.to_pylist()}
+    row = next(r for r in by_row if (r - 1) % 5 == 0)
+    assert by_row[row] == [1, 3]  # joy, surprise
+
+
+def test_unsmile_style_binary_columns_with_korean_names(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows: list[list[object]] = [["문장", *UNSMILE_COLUMNS]]
+    for i in range(44):
+        flags = [0] * len(UNSMILE_COLUMNS)
+        flags[i % len(UNSMILE_COLUMNS)] = 1
+        if i % 4 == 0:
+            flags[UNSMILE_COLUMNS.index("악플/욕설")] = 1
+        rows.append([f"댓글 내용 {i}번", *flags])
+    rows.append(["이상한 값", *(["2"] + ["0"] * (len(UNSMILE_COLUMNS) - 1))])
+    resp = upload(client, csv_bytes(rows, delimiter="\t"), "unsmile.tsv")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["task"], body["text_column"]) == ("multi_label", "문장")
+    assert body["label_columns"] == UNSMILE_COLUMNS and body["labels"] == UNSMILE_COLUMNS  # file order
+    expected = Counter({c: 4 for c in UNSMILE_COLUMNS}) + Counter({"악플/욕설": 11 - 1})
+    assert total_distribution(body) == expected
+    assert body["rejected_rows"] == [{"row": 45, "file": "file",
+                                     "reason": "column '여성/가족' has '2' where 0 or 1 is expected"}]
+    # Naming the columns gives the same result.
+    named = upload(client, csv_bytes(rows, delimiter="\t"), "unsmile.tsv",
+                   label_column=",".join(UNSMILE_COLUMNS)).json()
+    assert named["labels"] == UNSMILE_COLUMNS and named["label_distribution"] == body["label_distribution"]
+
+
+def test_explicit_validation_and_test_files(client, settings) -> None:  # type: ignore[no-untyped-def]
+    dev_lines = HATE_DEV_SLICE.read_text(encoding="utf-8").splitlines()
+    test_lines = [dev_lines[0]] + dev_lines[21:] + ["새로운 라벨 문장\tFalse\tnone\tsevere"]
+    resp = upload(
+        client, HATE_SLICE, "train.tsv",
+        extra_files={"validation_file": ("dev.tsv", "\n".join(dev_lines[:21]).encode("cp949")),
+                     "test_file": ("test.tsv", "\n".join(test_lines).encode())},
+    )
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["num_rows"] == {"train": 120, "validation": 20, "test": 20}
+    assert body["report"]["split"] == {"method": "validation_file"}
+    assert body["report"]["files"]["validation"]["encoding"] == "cp949"
+    assert body["rejected_rows"] == [{
+        "row": 21, "file": "test_file",
+        "reason": "test_file: unknown label 'severe' in 'test.tsv': the training file's labels are hate, none, "
+                  "offensive"}]
+    assert any("1 row(s) rejected (1 unknown label)" in w for w in body["warnings"])
+    assert sorted(p.name for p in (settings.datasets_dir / body["id"]).iterdir()) == [
+        "test.parquet", "train.parquet", "validation.parquet"]
+    assert stored(settings, body["id"], "test").num_rows == 20
+
+
+def test_report_rejections_duplicates_imbalance_lengths(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows = [["text", "label"]] + [[f"common sentence {i}", "common"] for i in range(24)]
+    rows += [["rare one", "rare"], ["rare two", "rare"], ["common sentence 0", "common"]]
+    rows += [["", "common"], ["   ", "rare"], ["no label here", ""]]
+    body = upload(client, csv_bytes(rows), "report.csv").json()
+    assert body["labels"] == ["common", "rare"]
+    assert body["num_rows"]["train"] + body["num_rows"]["validation"] == 27
+    assert [(r["row"], r["reason"]) for r in body["rejected_rows"]] == [
+        (28, "empty text in column 'text'"), (29, "empty text in column 'text'"),
+        (30, "missing label in column 'label'")]
+    report = body["report"]
+    assert report["rejected_total"] == 3
+    assert report["rejected_by_reason"] == {"empty text": 2, "missing label": 1}
+    assert report["duplicates"]["count"] == 1
+    assert report["duplicates"]["examples"] == [{"text": "common sentence 0", "rows": [1, 27]}]
+    train = body["label_distribution"]["train"]
+    assert report["imbalance_ratio"] == round(train["common"] / train["rare"], 3) > 5
+    assert any(f"'common' has {train['common']} training rows, 'rare' only {train['rare']}" in w
+               and "class_weights=auto" in w for w in body["warnings"])
+    assert any("1 duplicate text row(s)" in w for w in body["warnings"])
+    assert any("3 row(s) rejected (2 empty text, 1 missing label)" in w for w in body["warnings"])
+    lengths = report["text_length_chars"]
+    assert lengths["min"] <= lengths["p50"] <= lengths["p95"] <= lengths["max"]
+    assert lengths["max"] == len("common sentence 23")
+    # A class with a single row cannot be stratified: a plain seeded split, said in warnings.
+    assert report["split"]["method"] == "stratified"
+
+
+def test_single_row_class_falls_back_to_random_split(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows = [["text", "label"]] + [[f"sentence {i}", "a" if i % 2 else "b"] for i in range(20)] + [["lonely", "c"]]
+    body = upload(client, csv_bytes(rows), "rare.csv").json()
+    assert body["report"]["split"]["method"] == "random"
+    assert any("not stratified" in w and "'c'" in w for w in body["warnings"])
+
+
+def test_rejected_rows_are_capped_and_counted(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows = [["text", "label"]] + [[f"ok {i}", i % 2] for i in range(20)] + [["", 1]] * 1500
+    body = upload(client, csv_bytes(rows), "many_bad.csv").json()
+    assert len(body["rejected_rows"]) == 1000
+    assert body["report"]["rejected_total"] == 1500
+    assert any(w.startswith("1500 row(s) rejected") and "first 1000" in w for w in body["warnings"])
+
+
+def test_text_and_label_guessed_from_values(client, settings) -> None:  # type: ignore[no-untyped-def]
+    rows = [["id", "body_of_post", "verdict"]]
+    rows += [[i, f"this is a fairly long piece of writing number {i}", "yes" if i % 2 else "no"] for i in range(20)]
+    body = upload(client, csv_bytes(rows), "guess.csv").json()
+    assert (body["text_column"], body["label_columns"], body["labels"]) == ("body_of_post", ["verdict"], ["no", "yes"])
+    assert any("text column guessed as 'body_of_post'" in w for w in body["warnings"])
+    assert any("label column guessed as 'verdict'" in w for w in body["warnings"])
