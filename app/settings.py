@@ -38,9 +38,19 @@ class ConfigFileSource(PydanticBaseSettingsSource):
         if file.suffix.lower() == ".toml":
             data = tomllib.loads(file.read_text(encoding="utf-8"))
             section = data.get("tuneserve", data)
-            return {str(k).lower(): v for k, v in section.items() if not isinstance(v, dict)}
-        parser = configparser.ConfigParser()
-        parser.read(file, encoding="utf-8")
+            return {
+                str(k).lower().removeprefix("tuneserve_"): v
+                for k, v in section.items()
+                if not isinstance(v, dict)
+            }
+        # No interpolation: a database URL's percent-escapes (p%40ss) are not ini references.
+        parser = configparser.ConfigParser(interpolation=None)
+        text = file.read_text(encoding="utf-8")
+        try:
+            parser.read_string(text, source=str(file))
+        except configparser.MissingSectionHeaderError:
+            # A bare `key = value` file (no [tuneserve] header) is read as that section.
+            parser.read_string("[tuneserve]\n" + text, source=str(file))
         section_name = "tuneserve" if parser.has_section("tuneserve") else parser.default_section
         items = dict(parser.defaults()) | (
             dict(parser.items(section_name)) if section_name != parser.default_section else {}
