@@ -126,12 +126,19 @@ Example = Mapping[str, Any]
 
 
 class TrainingTask(Protocol):
-    model: torch.nn.Module
-    model_name: str                       # for messages ("the model X does not fit")
-    train_examples: Sequence[Example]
-    eval_examples: Sequence[Example]
-    metric_names: Collection[str]         # what compute_metrics returns, "loss" included
-    baseline_loss: float | None           # loss of an uninformed model, for the fit diagnosis
+    # Read-only properties, so a dataclass with narrower field types (list, frozenset) conforms.
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def model_name(self) -> str: ...                     # for messages ("X does not fit")
+    @property
+    def train_examples(self) -> Sequence[Example]: ...
+    @property
+    def eval_examples(self) -> Sequence[Example]: ...
+    @property
+    def metric_names(self) -> Collection[str]: ...       # compute_metrics' keys, "loss" included
+    @property
+    def baseline_loss(self) -> float | None: ...         # an uninformed model's loss (fit diagnosis)
 
     def loss_units(self, examples: Sequence[Example]) -> int:
         """What the loss is averaged over in these examples: samples, or target tokens."""

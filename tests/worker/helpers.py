@@ -39,7 +39,9 @@ def write_dataset(directory: Path, n_train: int, n_eval: int, *, multi_label: bo
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     for split, n, offset in (("train", n_train, 0), ("validation", n_eval, EVAL_ROW_OFFSET)):
-        rows, texts, labels = [], [], []
+        rows: list[int] = []
+        texts: list[str] = []
+        labels: list[Any] = []
         for i in range(n):
             if multi_label:
                 chosen = sorted(rng.sample(range(len(LABELS)), rng.randint(0, 2)))

@@ -104,7 +104,8 @@ def test_odd_micro_batch_falls_to_the_largest_divisor_below(small_dataset_dir: P
     assert (result.micro_batch_size, result.grad_accum_steps) == (2, 6)
 
 
-def test_eval_oom_shrinks_only_the_eval_batch(small_dataset_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+def test_eval_oom_shrinks_only_the_eval_batch(small_dataset_dir: Path, model_dir: Path,
+                                              tmp_path: Path) -> None:
     _, sink, result, _ = _train(small_dataset_dir, model_dir, tmp_path, batch_size=8, micro_batch_size=8,
                                 max_steps=2, eval_strategy="steps", eval_steps=1, eval_batch_size=16,
                                 fault_oom_above_eval_batch=4)

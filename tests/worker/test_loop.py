@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.worker.helpers import LABELS, build_task, make_config
 from worker.loop import (

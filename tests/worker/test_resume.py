@@ -13,8 +13,8 @@ from worker.loop import RecordingSink, run_training
 
 # 36 rows, batch 8: 5 steps per epoch (the last one short), 2 epochs = 10 steps; a checkpoint
 # every 3 steps, across the epoch boundary. The micro-batch is forced: no probe in record_windows.
-RUN = {"epochs": 2, "batch_size": 8, "micro_batch_size": 4, "eval_strategy": "steps", "eval_steps": 3, "lr_scheduler": "cosine",
-       "warmup_ratio": 0.2}
+RUN = {"epochs": 2, "batch_size": 8, "micro_batch_size": 4, "eval_strategy": "steps", "eval_steps": 3,
+       "lr_scheduler": "cosine", "warmup_ratio": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,8 @@ def test_a_finished_run_resumes_to_its_result_without_training(
     assert again.final_metrics == first.final_metrics
 
 
-def test_a_half_written_checkpoint_is_ignored(small_dataset_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+def test_a_half_written_checkpoint_is_ignored(small_dataset_dir: Path, model_dir: Path,
+                                              tmp_path: Path) -> None:
     stale = tmp_path / "checkpoints" / ".tmp-step-9-deadbeef"
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{")
