@@ -16,7 +16,8 @@ from tests.conftest import FIXTURES, SHARED_DATA
 HATE_SLICE = FIXTURES / "korean_hate_speech_slice.tsv"
 HATE_DEV_SLICE = FIXTURES / "korean_hate_speech_dev_slice.tsv"
 CHATBOT_SLICE = FIXTURES / "korean_chatbot_qa_slice.csv"
-UNSMILE_COLUMNS = ["여성/가족", "남성", "성소수자", "인종/국적", "연령", "지역", "종교", "기타 혐오", "악플/욕설",
+UNSMILE_COLUMNS = ["여성/가족", "남성", "성소수자", "인종/국적", "연령", "지역", "종교",
+                   "기타 혐오", "악플/욕설",
                    "clean", "개인지칭"]
 
 

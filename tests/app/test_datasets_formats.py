@@ -84,11 +84,13 @@ def test_jsonl_chat_messages(client, settings) -> None:  # type: ignore[no-untyp
             messages.insert(0, {"role": "system", "content": "친절하게 답하세요"})
         lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
     lines.append(json.dumps({"messages": [{"role": "user", "content": "혼자"}]}))  # no assistant turn
-    lines.append(json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]}))
+    robot = [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]
+    lines.append(json.dumps({"messages": robot}))
     resp = upload(client, ("\n".join(lines) + "\n").encode(), "chat.jsonl")
     assert resp.status_code == 201, resp.text
     body = resp.json()
-    assert (body["format"], body["task"], body["text_column"], body["labels"]) == ("jsonl", "chat", "messages", [])
+    assert (body["format"], body["task"]) == ("jsonl", "chat")
+    assert (body["text_column"], body["labels"]) == ("messages", [])
     assert body["num_rows"] == {"train": 9, "validation": 3}
     reasons = {r["row"]: r["reason"] for r in body["rejected_rows"]}
     assert reasons == {13: "messages needs at least one user and one assistant turn",
@@ -111,7 +113,8 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 
 
 def test_parquet_sniffed_despite_its_name(client, settings) -> None:  # type: ignore[no-untyped-def]
-    frame = pd.DataFrame({"sentence": [f"a sentence {i}" for i in range(20)], "label": [i % 2 for i in range(20)]})
+    frame = pd.DataFrame({"sentence": [f"a sentence {i}" for i in range(20)],
+                          "label": [i % 2 for i in range(20)]})
     resp = upload(client, _parquet(frame), "upload.csv")
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -121,7 +124,8 @@ def test_parquet_sniffed_despite_its_name(client, settings) -> None:  # type: ig
 
 def test_parquet_list_labels_are_multi_label(client, settings) -> None:  # type: ignore[no-untyped-def]
     tags = [["joy"], ["joy", "surprise"], ["anger"], ["surprise"]]
-    frame = pd.DataFrame({"text": [f"feeling {i}" for i in range(20)], "emotions": [tags[i % 4] for i in range(20)]})
+    frame = pd.DataFrame({"text": [f"feeling {i}" for i in range(20)],
+                          "emotions": [tags[i % 4] for i in range(20)]})
     body = upload(client, _parquet(frame), "emotions.parquet").json()
     assert (body["task"], body["label_columns"]) == ("multi_label", ["emotions"])
     assert body["labels"] == ["anger", "joy", "surprise"]
@@ -138,7 +142,8 @@ def test_comma_separated_multi_label_column(client, settings) -> None:  # type: 
     assert body["labels"] == ["anger", "joy", "sadness", "surprise"]
     assert total_distribution(body) == Counter({"joy": 15, "surprise": 10, "anger": 5, "sadness": 5})
     assert any("task inferred as multi_label" in w for w in body["warnings"])
-    assert body["rejected_rows"] == [{"row": 26, "reason": "missing label in column 'emotion'", "file": "file"}]
+    assert body["rejected_rows"] == [
+        {"row": 26, "reason": "missing label in column 'emotion'", "file": "file"}]
     train = stored(settings, body["id"])
     assert train.schema.field("label").type == pa.list_(pa.int64())
     by_row = {r["row"]: r["label"] for r in train.to_pylist()}
@@ -160,7 +165,7 @@ def test_unsmile_style_binary_columns_with_korean_names(client, settings) -> Non
     body = resp.json()
     assert (body["task"], body["text_column"]) == ("multi_label", "문장")
     assert body["label_columns"] == UNSMILE_COLUMNS and body["labels"] == UNSMILE_COLUMNS  # file order
-    expected = Counter({c: 4 for c in UNSMILE_COLUMNS}) + Counter({"악플/욕설": 11 - 1})
+    expected = Counter(dict.fromkeys(UNSMILE_COLUMNS, 4)) + Counter({"악플/욕설": 11 - 1})
     assert total_distribution(body) == expected
     assert body["rejected_rows"] == [{"row": 45, "file": "file",
                                      "reason": "column '여성/가족' has '2' where 0 or 1 is expected"}]
@@ -185,8 +190,8 @@ def test_explicit_validation_and_test_files(client, settings) -> None:  # type: 
     assert body["report"]["files"]["validation"]["encoding"] == "cp949"
     assert body["rejected_rows"] == [{
         "row": 21, "file": "test_file",
-        "reason": "test_file: unknown label 'severe' in 'test.tsv': the training file's labels are hate, none, "
-                  "offensive"}]
+        "reason": "test_file: unknown label 'severe' in 'test.tsv': the training file's labels are "
+                  "hate, none, offensive"}]
     assert any("1 row(s) rejected (1 unknown label)" in w for w in body["warnings"])
     assert sorted(p.name for p in (settings.datasets_dir / body["id"]).iterdir()) == [
         "test.parquet", "train.parquet", "validation.parquet"]
@@ -222,7 +227,8 @@ def test_report_rejections_duplicates_imbalance_lengths(client, settings) -> Non
 
 
 def test_single_row_class_falls_back_to_random_split(client, settings) -> None:  # type: ignore[no-untyped-def]
-    rows = [["text", "label"]] + [[f"sentence {i}", "a" if i % 2 else "b"] for i in range(20)] + [["lonely", "c"]]
+    rows = [["text", "label"]] + [[f"sentence {i}", "a" if i % 2 else "b"] for i in range(20)]
+    rows.append(["lonely", "c"])
     body = upload(client, csv_bytes(rows), "rare.csv").json()
     assert body["report"]["split"]["method"] == "random"
     assert any("not stratified" in w and "'c'" in w for w in body["warnings"])
@@ -238,8 +244,10 @@ def test_rejected_rows_are_capped_and_counted(client, settings) -> None:  # type
 
 def test_text_and_label_guessed_from_values(client, settings) -> None:  # type: ignore[no-untyped-def]
     rows = [["id", "body_of_post", "verdict"]]
-    rows += [[i, f"this is a fairly long piece of writing number {i}", "yes" if i % 2 else "no"] for i in range(20)]
+    rows += [[i, f"this is a fairly long piece of writing number {i}", "yes" if i % 2 else "no"]
+             for i in range(20)]
     body = upload(client, csv_bytes(rows), "guess.csv").json()
-    assert (body["text_column"], body["label_columns"], body["labels"]) == ("body_of_post", ["verdict"], ["no", "yes"])
+    assert (body["text_column"], body["label_columns"]) == ("body_of_post", ["verdict"])
+    assert body["labels"] == ["no", "yes"]
     assert any("text column guessed as 'body_of_post'" in w for w in body["warnings"])
     assert any("label column guessed as 'verdict'" in w for w in body["warnings"])
