@@ -500,6 +500,13 @@ class Trainer:
         longest = sorted(range(len(examples)), key=lambda i: -examples[i]["length"])
         rng = capture_rng()
         peak_mb: float | None = None
+        # On a GPU the first optimizer step allocates AdamW's two moment buffers (2x the trainable
+        # weights): a placeholder that size is held during the probe, so the micro-batch it
+        # picks still fits once that state exists. (On a CPU there is no budget to measure.)
+        placeholder = None
+        if self.device.type == "cuda":
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            placeholder = torch.empty(2 * trainable, dtype=torch.float32, device=self.device)
         try:
             for micro in divisors_descending(config.batch_size, config.max_micro_batch_size):
                 state.micro_batch_size = micro
@@ -525,6 +532,7 @@ class Trainer:
                 self.train_window(examples, longest[:1], step=0)
                 free_memory(self.model, self.device)
         finally:
+            del placeholder
             self.model.zero_grad(set_to_none=True)
             restore_rng(rng)
         seq_len = examples[longest[0]]["length"] if longest else 0
@@ -539,7 +547,18 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        try:
+            self.scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_oom(error):
+                raise
+            # Not a batch problem: the optimizer state itself does not fit beside the weights.
+            raise TrainingError(
+                f"Out of memory in the optimizer step: the model {self.task.model_name} and its AdamW "
+                f"state (two extra copies of every trainable weight) do not fit on {self.device}. "
+                "What would help: a smaller base model or a device with more memory; the batch size "
+                "and max_seq_length do not change this memory."
+            ) from error
         self.scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
