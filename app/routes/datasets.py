@@ -155,9 +155,9 @@ async def create_dataset(
         with tempfile.TemporaryDirectory(dir=settings.uploads_dir) as tmp:
             saved = await _save_all(uploads, Path(tmp), settings)
             result = await run_in_threadpool(
-                ingest, train=_source(saved, "file"), validation=_source(saved, "validation_file"),  # type: ignore[arg-type]
-                test=_source(saved, "test_file"), options=options, directory=directory,
-                max_rows=settings.max_dataset_rows,
+                ingest, train=SourceFile(saved["file"].path, saved["file"].filename),
+                validation=_source(saved, "validation_file"), test=_source(saved, "test_file"),
+                options=options, directory=directory, max_rows=settings.max_dataset_rows,
             )
     except UploadTooLarge as e:
         raise HTTPException(413, str(e)) from e
