@@ -34,12 +34,14 @@ BASE_HEAD_NOTE = (
 )
 
 
-def compare_job(job_id: str) -> dict[str, Any]:
+def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
+    """Compare the job's base model with its tuned model (`model_id`, default: the job's)."""
     with session_scope() as session:
         job = session.get(Job, job_id)
-        if job is None or not job.model_id:
+        model_id = model_id or (job.model_id if job else None)
+        if job is None or not model_id:
             raise ValueError(f"job {job_id} has no tuned model to compare")
-        tuned = session.get(TunedModel, job.model_id)
+        tuned = session.get(TunedModel, model_id)
         dataset = session.get(Dataset, job.dataset_id)
         if tuned is None or dataset is None:
             raise ValueError(f"job {job_id}: its model or dataset was deleted")
@@ -49,7 +51,7 @@ def compare_job(job_id: str) -> dict[str, Any]:
         max_len = tuned.max_seq_length or 128
         dataset_dir, seed = Path(dataset.storage_path), int(job.hyperparameters.get("seed", 42))
 
-    report: dict[str, Any] = {"base_model": job.base_model, "model_id": job.model_id,
+    report: dict[str, Any] = {"base_model": job.base_model, "model_id": model_id,
                               "note": BASE_HEAD_NOTE, "splits": {}}
     multi = task == "multi_label"
     tuned_scorer = _Scorer(tuned_path, labels, multi, max_len, seed)

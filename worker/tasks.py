@@ -88,21 +88,21 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
     model_id = _register_model(job_id, Path(checkpoint), result, labels, task, hp)
     sink.event("model_ready", f"Tuned model {model_id} is ready to serve.", {"model_id": model_id,
                "checkpoint": str(checkpoint)})
-    _compare_quietly(job_id, sink)
+    _compare_quietly(job_id, model_id, sink)
     return "succeeded", {"model_id": model_id, "progress": 1.0}
 
 
-def _compare_quietly(job_id: str, sink: SqlSink) -> None:
+def _compare_quietly(job_id: str, model_id: str, sink: SqlSink) -> None:
     """The base-vs-tuned report is part of every job, but a failure to make it must not fail
     a job whose model is already trained and registered."""
     from worker.compare import compare_job
 
     try:
-        compare_job(job_id)
+        compare_job(job_id, model_id)
     except Exception as exc:
         log.exception("job %s: comparison failed", job_id)
         sink.event("comparison_failed", f"The base-vs-tuned comparison could not be made ({exc}); "
-                   "POST /jobs/{id}/compare retries it.")
+                   f"POST /jobs/{job_id}/compare retries it.")
 
 
 def _base_model_path(session: Any, job: Job) -> str:
