@@ -1,7 +1,92 @@
-"""The /predict resource."""
+"""The /predict resource: classify texts with a tuned model."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.crud import models as crud
+from app.deps import PredictorDep, SessionDep, SettingsDep
+from app.schemas.predict import PredictRequest, PredictResponse
+from app.serving import ModelLoadError, ModelSpec, QueueFull, decode_multi_label, decode_single_label
+from app.serving.batching import BatcherClosed
+from app.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"])
+
+
+def _check_limits(predict_in: PredictRequest, settings: Settings) -> None:
+    max_texts, max_chars = settings.predict_max_texts, settings.predict_max_chars
+    if not predict_in.texts:
+        raise HTTPException(422, f"texts is empty: send between 1 and {max_texts} texts")
+    if len(predict_in.texts) > max_texts:
+        raise HTTPException(
+            422,
+            f"{len(predict_in.texts)} texts in one request; the limit is {max_texts} "
+            "(TUNESERVE_PREDICT_MAX_TEXTS): split them over several requests",
+        )
+    for i, text in enumerate(predict_in.texts):
+        if len(text) > max_chars:
+            raise HTTPException(
+                422,
+                f"text {i} has {len(text)} characters; the limit is {max_chars} per text "
+                "(TUNESERVE_PREDICT_MAX_CHARS)",
+            )
+
+
+def _spec_or_404(session: Any, model_id: str) -> ModelSpec:
+    model = crud.get_model(session=session, model_id=model_id)
+    if model is None:
+        raise HTTPException(404, f"model {model_id!r} not found")
+    return ModelSpec(
+        model_id=model.id,
+        path=Path(model.path),
+        task=model.task,
+        labels=tuple(model.labels),
+        max_seq_length=model.max_seq_length,
+        thresholds=dict(model.thresholds or {}),
+    )
+
+
+@router.post(
+    "",
+    response_model=PredictResponse,
+    responses={429: {"description": "The prediction queue is full; retry after Retry-After seconds."}},
+)
+async def create_prediction(
+    predict_in: PredictRequest, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
+) -> Any:
+    """Classify texts: label and scores per text, in order (texts over max length are cut and flagged)."""
+    _check_limits(predict_in, settings)
+    spec = await run_in_threadpool(_spec_or_404, session, predict_in.model_id)
+    if predict_in.threshold is not None and spec.task != "multi_label":
+        raise HTTPException(422, f"threshold applies to multi-label models; {spec.model_id!r} is {spec.task}")
+    try:
+        results = await predictor.predict(spec, predict_in.texts)
+    except QueueFull as exc:
+        return JSONResponse(
+            status_code=429, content={"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
+        )
+    except ModelLoadError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except BatcherClosed as exc:
+        raise HTTPException(503, "the server is shutting down; retry on another replica") from exc
+    top_k = predict_in.top_k
+    if spec.task == "multi_label":
+        predictions = [
+            decode_multi_label(
+                spec.labels, r.probs, thresholds=spec.thresholds, threshold=predict_in.threshold, top_k=top_k
+            )
+            | {"truncated": r.truncated}
+            for r in results
+        ]
+    else:
+        predictions = [
+            decode_single_label(spec.labels, r.probs, top_k=top_k) | {"truncated": r.truncated}
+            for r in results
+        ]
+    return {"model_id": spec.model_id, "predictions": predictions}
