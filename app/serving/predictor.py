@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,11 @@ class Predictor:
 
 
 def _load_model(spec: ModelSpec) -> LoadedModel:
+    # Idle OpenMP workers sleep instead of spinning. The API process shares its cores with the
+    # event loop, HTTP parsing and tokenization (and, on a shared host, with other processes):
+    # spinning workers took that CPU and cut /predict throughput tenfold under load on 2 cores.
+    # Read once, when torch loads libgomp just below; set OMP_WAIT_POLICY=ACTIVE to opt out.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from app.serving.runtime import LoadedModel  # torch is imported here, on the first load
 
     return LoadedModel(
