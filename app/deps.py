@@ -25,8 +25,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_predictor(request: Request) -> Predictor:
-    """The app's Predictor (made in the lifespan; made here when no lifespan ran)."""
+async def get_predictor(request: Request) -> Predictor:
+    """The app's Predictor (made in the lifespan; made here when no lifespan ran). Async, so
+    FastAPI calls it on the event loop, not through a thread hop on every /predict."""
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is None:
         predictor = request.app.state.predictor = Predictor(get_settings())
