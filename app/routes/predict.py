@@ -48,9 +48,9 @@ def _spec_or_404(model_id: str) -> ModelSpec:
         model_id=model.id,
         path=Path(model.path),
         task=model.task,
-        labels=tuple(model.labels),
+        labels=tuple(str(label) for label in model.labels),
         max_seq_length=model.max_seq_length,
-        thresholds=dict(model.thresholds or {}),
+        thresholds={str(k): float(v) for k, v in (model.thresholds or {}).items()},
     )
 
 

@@ -24,6 +24,12 @@ class ModelPublic(BaseModel):
     size_bytes: int = Field(description="Size of the model directory on disk.")
     created_at: datetime
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, value: list[object]) -> list[str]:
+        """Label names as JSON object keys will show them (a dataset's labels may be 0/1)."""
+        return [str(label) for label in value]
+
     @field_validator("created_at")
     @classmethod
     def _as_utc(cls, value: datetime) -> datetime:
