@@ -3,7 +3,7 @@ against two peers measured in the same run on the same machine.
 
 The model: the bundled MiniLM-L6 with a fresh 2-label head (AutoModelForSequenceClassification,
 num_labels=2), saved to a temp directory and registered as a `models` row in a temp SQLite
-database, max_seq_length 128. Texts: SST-2 sentences (/work/shared/data/sst2_train.tsv) in a
+database, max_seq_length 128. Texts: SST-2 sentences (../shared/data/sst2_train.tsv) in a
 seeded random order.
 
   server   `uvicorn app.main:app` in a subprocess, 127.0.0.1 only, 1 worker, default serving
@@ -50,7 +50,8 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEFAULT_DATA = Path(os.environ.get("TUNESERVE_SHARED_DATA", "/work/shared/data")) / "sst2_train.tsv"
+SHARED_DATA = Path(os.environ.get("TUNESERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_DATA = SHARED_DATA / "sst2_train.tsv"
 LABELS = ["negative", "positive"]
 MAX_LENGTH = 128
 PEER_BATCH = 32

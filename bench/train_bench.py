@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DEFAULT_DATA = Path(os.environ.get("TUNESERVE_SHARED_DATA", "/work/shared/data")) / "sst2_train.tsv"
+SHARED_DATA = Path(os.environ.get("TUNESERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_DATA = SHARED_DATA / "sst2_train.tsv"
 PEERS = {
     "a": "tuneserve loop",
     "b": "seed Trainer (max_length)",
