@@ -155,3 +155,32 @@ def test_a_base_model_that_cannot_load_fails_the_job_in_words(stack: Any, tmp_pa
     assert job["state"] == "failed"
     assert str(broken) in job["error"]
     assert _event_kinds(client, job_id)[-1] == "failed"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_tuned_model_is_the_base_of_a_continued_fine_tune(stack: Any, tmp_path: Path,
+                                                            tiny_encoder_dir: Path) -> None:
+    client, start_worker = stack(fault_step_delay_s=0.3)
+    worker = start_worker()
+    dataset_id, first_id = _start(client, tmp_path, tiny_encoder_dir, epochs=1)
+    first = wait_for_job(client, first_id, {"succeeded", "failed"}, worker=worker)
+    assert first["state"] == "succeeded", first["error"]
+    model_id = first["model_id"]
+
+    resp = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": model_id,
+                                      "hyperparameters": {**FAST, "epochs": 1}})
+    assert resp.status_code == 201, resp.text
+    second_id = resp.json()["id"]
+    assert resp.json()["base_model"] == model_id
+    # While the new job trains from it, the model cannot be deleted.
+    refused = client.delete(f"/models/{model_id}")
+    assert refused.status_code == 409
+    assert second_id in refused.json()["detail"]
+    second = wait_for_job(client, second_id, {"succeeded", "failed"}, worker=worker)
+    assert second["state"] == "succeeded", second["error"]
+    assert second["model_id"] != model_id
+    assert client.get(f"/models/{second['model_id']}").json()["base_model"] == model_id
+    # Once it is done, deleting the first model works and leaves the second one serving.
+    assert client.delete(f"/models/{model_id}").status_code == 204
+    pred = client.post("/predict", json={"model_id": second["model_id"], "texts": ["superb film"]})
+    assert pred.status_code == 200, pred.text
