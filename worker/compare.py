@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app import store
 from app.db import session_scope
 from app.models import Dataset, Job, JobEvent, TunedModel, utcnow
+from app.serving.runtime import LoadedModel
 
 log = logging.getLogger("tuneserve.worker.compare")
 
@@ -32,6 +32,7 @@ BASE_HEAD_NOTE = (
     "The base model's classification head is newly initialized (it never saw these labels), so its "
     "figures are near chance: the difference is what fine-tuning added."
 )
+BASE_TUNED_NOTE = "The base is a tuned model with these labels: its own head is compared as it is."
 
 
 def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
@@ -51,11 +52,13 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
         max_len = tuned.max_seq_length or 128
         dataset_dir, seed = Path(dataset.storage_path), int(job.hyperparameters.get("seed", 42))
 
-    report: dict[str, Any] = {"base_model": job.base_model, "model_id": model_id,
-                              "note": BASE_HEAD_NOTE, "splits": {}}
+    report: dict[str, Any] = {"base_model": job.base_model, "model_id": model_id, "splits": {}}
     multi = task == "multi_label"
-    tuned_scorer = _Scorer(tuned_path, labels, multi, max_len, seed)
-    base_scorer = _Scorer(base_path, labels, multi, max_len, seed)
+    tuned_model = _load(tuned_path, labels, task, max_len, seed, fresh_head=False)
+    # A tuned model as base (continued fine-tuning) keeps its own head when it has these labels.
+    base_is_tuned = Path(base_path).resolve() == tuned_path.resolve() or _has_head_for(base_path, labels)
+    base_model = _load(base_path, labels, task, max_len, seed, fresh_head=not base_is_tuned)
+    report["note"] = BASE_TUNED_NOTE if base_is_tuned else BASE_HEAD_NOTE
     tuned_cut = np.array([float(thresholds.get(name, 0.5)) for name in labels])
     for split in ("validation", "test"):
         path = dataset_dir / f"{split}.parquet"
@@ -64,8 +67,8 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
         table = pq.read_table(path).slice(0, MAX_ROWS_PER_SPLIT).to_pylist()
         texts = [r["text"] for r in table]
         truth = _truth([r["label"] for r in table], len(labels), multi)
-        base_pred = _decide(base_scorer.scores(texts), multi, np.full(len(labels), 0.5))
-        tuned_pred = _decide(tuned_scorer.scores(texts), multi, tuned_cut)
+        base_pred = _decide(_scores(base_model, texts), multi, np.full(len(labels), 0.5))
+        tuned_pred = _decide(_scores(tuned_model, texts), multi, tuned_cut)
         base_figures = _figures(truth, base_pred, multi)
         tuned_figures = _figures(truth, tuned_pred, multi)
         report["splits"][split] = {
@@ -89,6 +92,12 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
     return report
 
 
+def _has_head_for(path: str | Path, labels: list[str]) -> bool:
+    """A tuned model directory whose head already predicts exactly these labels."""
+    meta = store.read_model_meta(Path(path))
+    return bool(meta) and list(meta.get("labels") or []) == labels
+
+
 def _base_path(session: Any, job: Job) -> str:
     if job.base_model_id:
         base = session.get(TunedModel, job.base_model_id)
@@ -97,34 +106,19 @@ def _base_path(session: Any, job: Job) -> str:
     return store.resolve_base_model(job.base_model)
 
 
-class _Scorer:
-    """Batched, dynamically padded inference with one model; scores are probabilities."""
+def _load(path: str | Path, labels: list[str], task: str, max_len: int, seed: int,
+          fresh_head: bool) -> LoadedModel:
+    torch.manual_seed(seed)  # the base model's fresh head is the same on every comparison
+    return LoadedModel(Path(path), task=task, num_labels=len(labels), max_seq_length=max_len,
+                       fresh_head_labels=labels if fresh_head else None)
 
-    def __init__(self, path: str | Path, labels: list[str], multi: bool, max_len: int, seed: int) -> None:
-        torch.manual_seed(seed)  # the base model's fresh head is the same on every comparison
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True,
-            problem_type="multi_label_classification" if multi else "single_label_classification",
-        ).eval()
-        self.multi, self.max_len = multi, max_len
 
-    @torch.inference_mode()
-    def scores(self, texts: list[str]) -> np.ndarray:
-        out = []
-        order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
-        for start in range(0, len(texts), BATCH_SIZE):
-            idx = order[start:start + BATCH_SIZE]
-            enc = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.max_len,
-                                 padding=True, return_tensors="pt")
-            logits = self.model(**enc).logits.float()
-            probs = torch.sigmoid(logits) if self.multi else torch.softmax(logits, dim=-1)
-            out.append((idx, probs.cpu().numpy()))
-        result = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
-        for idx, batch_probs in out:
-            result[idx] = batch_probs
-        return result
+def _scores(model: LoadedModel, texts: list[str]) -> np.ndarray:
+    """Probabilities per label, scored exactly as /predict scores them, in bounded batches."""
+    rows: list[list[float]] = []
+    for start in range(0, len(texts), BATCH_SIZE):
+        rows.extend(model.forward(model.encode(texts[start:start + BATCH_SIZE])))
+    return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
 
 
 def _truth(raw: list[Any], num_labels: int, multi: bool) -> np.ndarray:

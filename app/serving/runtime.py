@@ -31,11 +31,23 @@ class Encoded:
 
 
 class LoadedModel:
-    def __init__(self, path: Path, *, task: str, num_labels: int, max_seq_length: int | None) -> None:
+    def __init__(self, path: Path, *, task: str, num_labels: int, max_seq_length: int | None,
+                 fresh_head_labels: Sequence[str] | None = None) -> None:
+        """`fresh_head_labels`: load a base checkpoint with a newly initialized head for these
+        labels (the base side of the base-vs-tuned comparison), instead of a tuned model's own."""
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        if fresh_head_labels is not None:
+            names = list(fresh_head_labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), num_labels=len(names), id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
+                problem_type="multi_label_classification" if task == "multi_label"
+                else "single_label_classification",
+            )
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(path))
         if model.config.num_labels != num_labels:
             raise ValueError(
                 f"the model in {path} has {model.config.num_labels} outputs but its row lists "

@@ -70,6 +70,14 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
     assert pred.status_code == 200, pred.text
     assert pred.json()["predictions"][0]["label"] in {"negative", "positive"}
 
+    # On demand, the worker recomputes the comparison (same figures: same models, same rows).
+    assert client.post(f"/jobs/{job_id}/compare").status_code == 202
+    wait_until(lambda: _event_kinds(client, job_id).count("comparison") == 2, timeout_s=60,
+               what="the second comparison")
+    again = client.get(f"/jobs/{job_id}/metrics").json()["comparison"]
+    assert again["splits"]["validation"]["tuned"] == comparison["splits"]["validation"]["tuned"]
+    assert again["created_at"] > comparison["created_at"]
+
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_injected_oom_mid_run_halves_the_micro_batch_and_keeps_the_effective_batch(
