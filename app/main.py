@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app.routes import datasets, health, jobs, models, predict
 from app.serving.predictor import Predictor
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 log = logging.getLogger("tuneserve.api")
 
@@ -24,11 +24,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         upgrade_head(settings.database_url)
         log.info("database schema is at head (%s)", settings.database_url.split("@")[-1])
+    _sweep_orphans(settings)
     app.state.predictor = Predictor(settings)  # cheap: torch is imported on the first load
     try:
         yield
     finally:
         await app.state.predictor.aclose()
+
+
+def _sweep_orphans(settings: Settings) -> None:
+    """Files a killed process left behind go at start; a failure here must not stop the API."""
+    from app.db import new_session
+    from app.janitor import sweep_orphans
+
+    try:
+        with new_session() as session:
+            sweep_orphans(settings, session)
+    except Exception:
+        log.warning("the sweep for orphaned files failed; the API starts anyway", exc_info=True)
 
 
 def create_app() -> FastAPI:
