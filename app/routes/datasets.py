@@ -146,6 +146,9 @@ async def create_dataset(
     if file is None:
         raise HTTPException(422, "no training data: send the file as the multipart form field 'file'")
     options = _options(task, text_column, label_column, validation_split, seed)
+    notes = []
+    if validation_file is not None and _blank_to_none(validation_split) is not None:
+        notes.append("validation_split was ignored: the validation_file gives the validation rows")
     dataset_id = new_id("ds")
     directory = settings.datasets_dir / dataset_id
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +169,7 @@ async def create_dataset(
     try:
         dataset = crud.create_dataset(session, values=_row_values(
             session, dataset_id=dataset_id, directory=directory, result=result, upload=saved["file"],
-            raw_filename=file.filename, name=_blank_to_none(name),
+            raw_filename=file.filename, name=_blank_to_none(name), notes=notes,
         ))
         session.commit()
     except BaseException:
@@ -177,8 +180,9 @@ async def create_dataset(
 
 
 def _row_values(session: SessionDep, *, dataset_id: str, directory: Path, result: IngestResult,
-                upload: SavedUpload, raw_filename: str | None, name: str | None) -> dict[str, Any]:
-    warnings = list(result.warnings)
+                upload: SavedUpload, raw_filename: str | None, name: str | None,
+                notes: list[str]) -> dict[str, Any]:
+    warnings = list(result.warnings) + notes
     if raw_filename and upload.filename != raw_filename.strip():
         warnings.append(f"file name {raw_filename!r} was reduced to {upload.filename!r}")
     earlier = crud.find_by_sha256(session, sha256=upload.sha256)

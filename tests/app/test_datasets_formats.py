@@ -188,6 +188,7 @@ def test_explicit_validation_and_test_files(client, settings) -> None:  # type: 
     assert body["num_rows"] == {"train": 120, "validation": 20, "test": 20}
     assert body["report"]["split"] == {"method": "validation_file"}
     assert body["report"]["files"]["validation"]["encoding"] == "cp949"
+    assert not any("validation_split was ignored" in w for w in body["warnings"])
     assert body["rejected_rows"] == [{
         "row": 21, "file": "test_file",
         "reason": "test_file: unknown label 'severe' in 'test.tsv': the training file's labels are "
@@ -251,3 +252,13 @@ def test_text_and_label_guessed_from_values(client, settings) -> None:  # type: 
     assert body["labels"] == ["no", "yes"]
     assert any("text column guessed as 'body_of_post'" in w for w in body["warnings"])
     assert any("label column guessed as 'verdict'" in w for w in body["warnings"])
+
+
+def test_validation_split_beside_a_validation_file_is_ignored_with_a_warning(client, settings) -> None:  # type: ignore[no-untyped-def]
+    dev_lines = HATE_DEV_SLICE.read_text(encoding="utf-8").splitlines()
+    resp = upload(client, HATE_SLICE, "train.tsv", validation_split="0.5",
+                  extra_files={"validation_file": ("dev.tsv", "\n".join(dev_lines[:21]).encode())})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["num_rows"] == {"train": 120, "validation": 20}
+    assert "validation_split was ignored: the validation_file gives the validation rows" in body["warnings"]
