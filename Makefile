@@ -23,7 +23,7 @@ run: setup
 	$(BIN)/tuneserve up
 
 test: setup
-	$(BIN)/ruff check app worker tests bench migrations
+	$(BIN)/ruff check app worker tests bench migrations examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
