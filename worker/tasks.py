@@ -36,7 +36,7 @@ def train(job_id: str) -> None:
         if claim == "taken_over":
             sink.event("attempt", f"Worker {token} took over the job; it resumes from its last checkpoint.")
         else:
-            sink.event("started", f"Worker {token} started the job.")
+            sink.event("claimed", f"Worker {token} took the job from the queue.")
         try:
             outcome, fields = _run(job_id, sink)
         except Exception as exc:
