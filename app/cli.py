@@ -98,6 +98,34 @@ def up(host: str, port: int, loglevel: str) -> int:
     return code
 
 
+def keys(args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys, straight in the database (no running API needed)."""
+    from app.auth import create_key, list_keys, revoke_key
+    from app.db import session_scope
+
+    settings = get_settings()
+    upgrade_head(settings.database_url)
+    with session_scope() as session:
+        if args.keys_command == "create":
+            row, key = create_key(session, name=args.name, is_admin=args.admin)
+            _say(f"created {'admin ' if row.is_admin else ''}key {row.id} for {row.name!r}. "
+                 "It is shown this once; only its hash is stored:")
+            print(key)
+            if not settings.auth:
+                _say("note: TUNESERVE_AUTH is off here, so the API does not ask for keys yet")
+            return 0
+        if args.keys_command == "list":
+            for row in list_keys(session):
+                state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+                print(f"{row.id}\t{row.name}\t{'admin' if row.is_admin else 'user'}\t{state}")
+            return 0
+        if revoke_key(session, key_id=args.key_id):
+            _say(f"revoked {args.key_id}; requests with it now get 401")
+            return 0
+        _say(f"no active key {args.key_id!r}; `tuneserve keys list` shows them")
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,7 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--port", type=int, default=8000)
     up_parser.add_argument("--loglevel", default="INFO")
     sub.add_parser("migrate", help="apply the database migrations and exit")
+    keys_parser = sub.add_parser("keys", help="API keys (TUNESERVE_AUTH=on): create, list, revoke")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="make a key and print it once")
+    create.add_argument("--name", required=True, help="who the key is for, e.g. alice")
+    create.add_argument("--admin", action="store_true", help="sees and manages every tenant's work")
+    keys_sub.add_parser("list", help="ids, names and roles of the keys (never the keys)")
+    revoke = keys_sub.add_parser("revoke", help="stop a key from working")
+    revoke.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keys(args)
     if args.command == "migrate":
         upgrade_head(get_settings().database_url)
         _say("database schema is at head")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from app.auth import LOCAL_ADMIN, Principal, verify_key
 from app.db import new_session
 from app.serving.predictor import Predictor
 from app.settings import Settings, get_settings
@@ -35,3 +37,35 @@ async def get_predictor(request: Request) -> Predictor:
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def _lookup_key(presented: str) -> Principal | None:
+    with new_session() as session:
+        row = verify_key(session, presented=presented)
+    return Principal(tenant_id=row.id, is_admin=row.is_admin, name=row.name) if row is not None else None
+
+
+async def get_principal(request: Request) -> Principal:
+    """The caller. With TUNESERVE_AUTH off (embedded single-user mode) everyone is the local
+    admin; on, `Authorization: Bearer <key>` is required (401 otherwise). Async, so the
+    auth-off path costs no thread hop; FastAPI caches it per request."""
+    if not get_settings().auth:
+        return LOCAL_ADMIN
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    principal = None
+    if scheme.lower() == "bearer" and presented.strip():
+        principal = await run_in_threadpool(_lookup_key, presented.strip())
+    if principal is None:
+        raise HTTPException(
+            401,
+            "a valid API key is required: send `Authorization: Bearer <key>`; "
+            "an operator makes one with `tuneserve keys create --name <you>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+# For a router whose routes need a key but not the caller: APIRouter(dependencies=[Authenticated]).
+Authenticated = Depends(get_principal)

@@ -134,7 +134,25 @@ class Settings(BaseSettings):
     predict_max_texts: int = 256
     predict_max_chars: int = 20_000
 
-    # --- API keys (tenants) come later; the schema already carries tenant_id ------------
+    # --- API keys and limits per key ------------------------------------------------------
+    # on: every request but /healthz, /readyz and /metrics needs `Authorization: Bearer <key>`
+    # and sees only what its key made (admin keys see all). off: the embedded single-user
+    # mode of `tuneserve up`, where the one local user is the admin. Compose turns it on.
+    auth: bool = False
+    # Local directories (comma-separated) that non-admin keys may name as base_model, e.g. a
+    # shared directory of vetted checkpoints. Other local paths are for admin keys only: a
+    # path names files on the server, and another job's checkpoint is another tenant's data.
+    base_model_dirs: str = ""
+    # Queued + running jobs per key; past this POST /jobs answers 429 until one ends, so one
+    # caller cannot fill the queue ahead of everyone else.
+    max_active_jobs_per_key: int = Field(default=8, ge=1)
+    # Run a model repository's own Python code (transformers' trust_remote_code). Off: a hub
+    # name then only loads architectures transformers ships, and no downloaded code runs.
+    trust_remote_code: bool = False
+    # JSON request bodies (everything but dataset uploads, which have max_upload_mb). Past it:
+    # 413. Large enough for a full /predict request (predict_max_texts x predict_max_chars,
+    # escaped as JSON), so no request that the other limits allow is refused by this one.
+    max_request_body_mb: int = Field(default=64, ge=1)
     api_title: str = Field(default="tuneserve")
 
     @model_validator(mode="after")
@@ -156,6 +174,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def base_model_dir_paths(self) -> list[Path]:
+        return [Path(p.strip()).expanduser().resolve() for p in self.base_model_dirs.split(",") if p.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.auth import Principal
 from app.models import Dataset, Job
 
 
@@ -22,17 +23,19 @@ def get_dataset(session: Session, *, dataset_id: str) -> Dataset | None:
     return session.get(Dataset, dataset_id)
 
 
-def list_datasets(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[Sequence[Dataset], int]:
-    """Newest first, with the total count."""
-    count = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
+def list_datasets(session: Session, *, principal: Principal, limit: int = 100,
+                  offset: int = 0) -> tuple[Sequence[Dataset], int]:
+    """The caller's datasets (an admin's: all), newest first, with the total count."""
+    query = principal.scope(select(Dataset), Dataset)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    query = query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset)
     return session.scalars(query).all(), count
 
 
-def find_by_sha256(session: Session, *, sha256: str) -> Dataset | None:
-    """The earliest dataset uploaded with exactly these bytes, if any."""
-    query = select(Dataset).where(Dataset.sha256 == sha256).order_by(Dataset.created_at).limit(1)
-    return session.scalars(query).first()
+def find_by_sha256(session: Session, *, sha256: str, principal: Principal) -> Dataset | None:
+    """The earliest dataset this caller can see that was uploaded with exactly these bytes."""
+    query = principal.scope(select(Dataset), Dataset).where(Dataset.sha256 == sha256)
+    return session.scalars(query.order_by(Dataset.created_at).limit(1)).first()
 
 
 def job_ids_using(session: Session, *, dataset_id: str) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.auth import Principal
 from app.db import rows_updated
 from app.models import Checkpoint, Job, JobEvent, MetricPoint, utcnow
 
@@ -19,10 +20,10 @@ def get_job(session: Session, *, job_id: str) -> Job | None:
 
 
 def list_jobs(
-    session: Session, *, state: str | None = None, dataset_id: str | None = None,
+    session: Session, *, principal: Principal, state: str | None = None, dataset_id: str | None = None,
     limit: int = 100, offset: int = 0,
 ) -> tuple[Sequence[Job], int]:
-    query = select(Job)
+    query = principal.scope(select(Job), Job)
     if state:
         query = query.where(Job.state == state)
     if dataset_id:
@@ -30,6 +31,12 @@ def list_jobs(
     count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc()).limit(limit).offset(offset)).all()
     return rows, count
+
+
+def count_active_jobs(session: Session, *, tenant_id: str | None) -> int:
+    """Queued and running jobs of one key (the per-key concurrency limit counts these)."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.state.in_(ACTIVE_STATES))) or 0
 
 
 def create_job(session: Session, *, values: dict[str, Any]) -> Job:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.auth import Principal
 from app.models import Job, TunedModel
 
 # A job in these states may still read its base model's files.
@@ -17,11 +18,13 @@ def get_model(*, session: Session, model_id: str) -> TunedModel | None:
     return session.get(TunedModel, model_id)
 
 
-def list_models(*, session: Session, skip: int = 0, limit: int = 100) -> tuple[Sequence[TunedModel], int]:
-    """Newest first, and the total count."""
-    count = session.scalar(select(func.count()).select_from(TunedModel)) or 0
+def list_models(*, session: Session, principal: Principal, skip: int = 0,
+                limit: int = 100) -> tuple[Sequence[TunedModel], int]:
+    """The caller's models (an admin's: all), newest first, and the total count."""
+    query = principal.scope(select(TunedModel), TunedModel)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(
-        select(TunedModel).order_by(TunedModel.created_at.desc(), TunedModel.id).offset(skip).limit(limit)
+        query.order_by(TunedModel.created_at.desc(), TunedModel.id).offset(skip).limit(limit)
     ).all()
     return rows, count
 

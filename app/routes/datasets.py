@@ -13,8 +13,9 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import IntegrityError
 from starlette.types import Message
 
+from app.auth import Principal
 from app.crud import datasets as crud
-from app.deps import SessionDep, SettingsDep
+from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
 from app.ingest import IngestError, IngestOptions, IngestResult, SourceFile, UploadTooLarge, ingest
 from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
@@ -64,7 +65,8 @@ class UploadLimitRoute(APIRoute):
         return limited
 
 
-router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute)
+router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute,
+                   dependencies=[Authenticated])
 
 FileField = Annotated[UploadFile | None, File()]
 NameField = Annotated[str | None, Form(description="Defaults to the file name.")]
@@ -132,6 +134,7 @@ def _source(saved: dict[str, SavedUpload], field_name: str) -> SourceFile | None
 async def create_dataset(
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     file: FileField = None,
     validation_file: FileField = None,
     test_file: FileField = None,
@@ -169,7 +172,7 @@ async def create_dataset(
     try:
         dataset = crud.create_dataset(session, values=_row_values(
             session, dataset_id=dataset_id, directory=directory, result=result, upload=saved["file"],
-            raw_filename=file.filename, name=_blank_to_none(name), notes=notes,
+            raw_filename=file.filename, name=_blank_to_none(name), notes=notes, principal=principal,
         ))
         session.commit()
     except BaseException:
@@ -181,18 +184,19 @@ async def create_dataset(
 
 def _row_values(session: SessionDep, *, dataset_id: str, directory: Path, result: IngestResult,
                 upload: SavedUpload, raw_filename: str | None, name: str | None,
-                notes: list[str]) -> dict[str, Any]:
+                notes: list[str], principal: Principal) -> dict[str, Any]:
     warnings = list(result.warnings) + notes
     if raw_filename and upload.filename != raw_filename.strip():
         warnings.append(f"file name {raw_filename!r} was reduced to {upload.filename!r}")
-    earlier = crud.find_by_sha256(session, sha256=upload.sha256)
+    earlier = crud.find_by_sha256(session, sha256=upload.sha256, principal=principal)
     if earlier is not None:
         warnings.append(
             f"identical content was uploaded before as dataset {earlier.id} ({earlier.name!r}); stored again "
             f"as a new dataset: use {earlier.id} instead if you meant the same data"
         )
     return {
-        "id": dataset_id, "name": (name or upload.filename)[:255], "task": result.task,
+        "id": dataset_id, "tenant_id": principal.tenant_id, "name": (name or upload.filename)[:255],
+        "task": result.task,
         "format": result.format, "encoding": result.encoding, "text_column": result.text_column,
         "label_columns": result.label_columns, "labels": result.labels, "num_rows": result.num_rows,
         "label_distribution": result.label_distribution, "rejected_rows": result.rejected_rows,
@@ -204,34 +208,37 @@ def _row_values(session: SessionDep, *, dataset_id: str, directory: Path, result
 @router.get("", response_model=DatasetsPublic)
 def list_datasets(
     session: SessionDep,
+    principal: PrincipalDep,
     skip: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DatasetsPublic:
     """List datasets, newest first."""
-    rows, count = crud.list_datasets(session, limit=limit, offset=skip)
+    rows, count = crud.list_datasets(session, principal=principal, limit=limit, offset=skip)
     return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], count=count)
 
 
-def _get_or_404(session: SessionDep, dataset_id: str) -> Dataset:
-    dataset = crud.get_dataset(session, dataset_id=dataset_id)
+def _get_or_404(session: SessionDep, principal: Principal, dataset_id: str) -> Dataset:
+    dataset = principal.visible(crud.get_dataset(session, dataset_id=dataset_id))
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id!r} not found; GET /datasets lists the existing ones")
     return dataset
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
-def read_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> DatasetDetail:
+def read_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep,
+                 principal: PrincipalDep) -> DatasetDetail:
     """One dataset with its report and a preview of its first training rows."""
-    dataset = _get_or_404(session, dataset_id)
+    dataset = _get_or_404(session, principal, dataset_id)
     rows = preview(Path(dataset.storage_path), rows=settings.preview_rows, task=dataset.task,
                    labels=dataset.labels)
     return DatasetDetail(**DatasetPublic.model_validate(dataset).model_dump(), preview=rows)
 
 
 @router.delete("/{dataset_id}", status_code=204, response_model=None)
-def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep,
+                   principal: PrincipalDep) -> Response:
     """Delete a dataset and its files, unless a job uses it."""
-    dataset = _get_or_404(session, dataset_id)
+    dataset = _get_or_404(session, principal, dataset_id)
     jobs = crud.job_ids_using(session, dataset_id=dataset_id)
     if jobs:
         raise HTTPException(409, _in_use(dataset_id, jobs))

@@ -11,8 +11,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 
 from app import store
+from app.auth import Principal
 from app.crud import jobs as crud
-from app.deps import SessionDep, SettingsDep
+from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
 from app.models import Dataset, Job, TunedModel
 from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from app.schemas.jobs import (
@@ -25,7 +26,7 @@ from app.schemas.jobs import (
 from app.settings import Settings
 
 log = logging.getLogger("tuneserve.api.jobs")
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
 
 # Eval metrics a job may select its best checkpoint by, per task; lower is better for these:
 METRICS_BY_TASK = {
@@ -37,34 +38,34 @@ TRAINABLE_TASKS = set(METRICS_BY_TASK)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
-def _get_job_or_404(session: SessionDep, job_id: str) -> Job:
-    job = crud.get_job(session, job_id=job_id)
+def _get_job_or_404(session: SessionDep, principal: Principal, job_id: str) -> Job:
+    job = principal.visible(crud.get_job(session, job_id=job_id))
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No job with id {job_id!r}; GET /jobs lists them.")
     return job
 
 
-def _resolve_base_model(session: SessionDep, settings: Settings, name: str | None) -> tuple[str, str | None]:
+def _resolve_base_model(session: SessionDep, settings: Settings, principal: Principal,
+                        name: str | None) -> tuple[str, str | None]:
     """(base_model as recorded, tuned model id when it names one). 422 when it cannot work."""
     if not name:
         return settings.default_base_model, None
     name = name.strip()
-    if session.get(TunedModel, name) is not None:
+    if principal.visible(session.get(TunedModel, name)) is not None:
         return name, name
     if name.startswith("mdl_"):
+        # Another key's model answers exactly as a missing one: a 422 must not confirm it exists.
         raise HTTPException(422, f"base_model {name!r} looks like a tuned model id, but no such model "
                                  "exists; GET /models lists them.")
     if name in store.BUNDLED_MODEL_NAMES:
         return name, None
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise HTTPException(422, f"base_model {name!r} is a local path but not a Hugging Face model "
-                                     "directory (it has no config.json).")
-        return str(path.resolve()), None
-    if name.startswith(("/", ".", "~")) or not HUB_ID.match(name):
-        raise HTTPException(422, f"base_model {name!r} is neither an existing local directory nor a "
-                                 "Hugging Face hub name such as 'klue/bert-base'.")
+    if name.startswith(("/", ".", "~")) or "\\" in name or ".." in name.split("/"):
+        return _local_base_model(settings, principal, name), None
+    if principal.is_admin and Path(name).exists():  # a relative directory, as before keys existed
+        return _local_base_model(settings, principal, name), None
+    if not HUB_ID.match(name):
+        raise HTTPException(422, f"base_model {name!r} is neither a local directory nor a Hugging Face hub "
+                                 "name such as 'klue/bert-base'.")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         from huggingface_hub import try_to_load_from_cache
 
@@ -75,10 +76,48 @@ def _resolve_base_model(session: SessionDep, settings: Settings, name: str | Non
     return name, None
 
 
+def _local_base_model(settings: Settings, principal: Principal, name: str) -> str:
+    """A local model directory, resolved. A non-admin key gets the same answer for a path that
+    exists and one that does not, unless it lies in TUNESERVE_BASE_MODEL_DIRS: the API must not
+    let callers probe the server's filesystem."""
+    allowed = settings.base_model_dir_paths
+    # Decided on the path's text alone (no filesystem call) before anything is looked up...
+    lexical = Path(os.path.normpath(os.path.abspath(os.path.expanduser(name))))
+    try:
+        path = Path(name).expanduser().resolve() if principal.is_admin or _inside(lexical, allowed) else None
+    except (OSError, RuntimeError) as e:  # a symlink loop, an unreadable /proc entry
+        raise HTTPException(422, f"base_model {name!r} is not a usable local path "
+                                 f"({type(e).__name__})") from e
+    # ...and again after symlinks are followed, so a link in an allowed directory leads nowhere else.
+    if path is None or (not principal.is_admin and not _inside(path, allowed)):
+        where = ", ".join(str(d) for d in allowed) or "none are configured (TUNESERVE_BASE_MODEL_DIRS)"
+        raise HTTPException(422, f"base_model {name!r} is a local path; with an API key that is not an admin "
+                                 f"key, only directories under these are allowed: {where}. Use a hub name "
+                                 "or the id of one of your tuned models instead.")
+    # Checkpoints and models of jobs are addressed by model id (ownership is checked there),
+    # never by path: a path would reach another job's files.
+    for private in (settings.models_dir, settings.data_dir):
+        if path.is_relative_to(Path(private).resolve()):
+            raise HTTPException(422, f"base_model {name!r} lies inside the service's own storage; name a "
+                                     "tuned model by its id (GET /models) instead of its path.")
+    try:
+        is_model_dir = (path / "config.json").is_file()
+    except OSError:
+        is_model_dir = False
+    if not is_model_dir:
+        raise HTTPException(422, f"base_model {name!r} is not a Hugging Face model directory (no readable "
+                                 "config.json there).")
+    return str(path)
+
+
+def _inside(path: Path, directories: list[Path]) -> bool:
+    return any(path.is_relative_to(d) for d in directories)
+
+
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
-def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep) -> Job:
+def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> Job:
     """Queue a fine-tuning job on a dataset."""
-    dataset = session.get(Dataset, job_in.dataset_id)
+    dataset = principal.visible(session.get(Dataset, job_in.dataset_id))
     if dataset is None:
         raise HTTPException(404, f"No dataset with id {job_in.dataset_id!r}; upload one with POST /datasets.")
     if dataset.task not in TRAINABLE_TASKS:
@@ -90,9 +129,15 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep) ->
     if hp.metric_for_best_model not in allowed:
         raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "
                                  f"{dataset.task} jobs; choose one of {sorted(allowed)}.")
-    base_model, base_model_id = _resolve_base_model(session, settings, job_in.base_model)
+    base_model, base_model_id = _resolve_base_model(session, settings, principal, job_in.base_model)
+    active = crud.count_active_jobs(session, tenant_id=principal.tenant_id)
+    if active >= settings.max_active_jobs_per_key:
+        raise HTTPException(429, f"this key has {active} queued or running jobs; the limit is "
+                                 f"{settings.max_active_jobs_per_key} (TUNESERVE_MAX_ACTIVE_JOBS_PER_KEY): "
+                                 "wait for one to finish or cancel one, then retry",
+                            headers={"Retry-After": "60"})
     job = crud.create_job(session, values={
-        "dataset_id": dataset.id, "tenant_id": dataset.tenant_id, "base_model": base_model,
+        "dataset_id": dataset.id, "tenant_id": principal.tenant_id, "base_model": base_model,
         "base_model_id": base_model_id, "task": dataset.task, "best_metric_name": hp.metric_for_best_model,
         "hyperparameters": hp.model_dump(mode="json"),
     })
@@ -113,26 +158,28 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep) ->
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     dataset_id: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> JobsPublic:
     """List jobs, newest first."""
-    rows, count = crud.list_jobs(session, state=state, dataset_id=dataset_id, limit=limit, offset=offset)
+    rows, count = crud.list_jobs(session, principal=principal, state=state, dataset_id=dataset_id,
+                                 limit=limit, offset=offset)
     return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, session: SessionDep) -> Job:
+def read_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
     """One job: state, progress, step/total, ETA, micro-batch, accumulation, best metric, error."""
-    return _get_job_or_404(session, job_id)
+    return _get_job_or_404(session, principal, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, session: SessionDep) -> Job:
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
     """Cancel a job: at once when queued, within one optimizer step when running."""
-    job = _get_job_or_404(session, job_id)
+    job = _get_job_or_404(session, principal, job_id)
     if crud.cancel_queued(session, job_id=job_id):
         crud.add_event(session, job_id=job_id, kind="cancelled", message="Cancelled before it started.")
     elif crud.request_cancel(session, job_id=job_id):
@@ -147,20 +194,21 @@ def cancel_job(job_id: str, session: SessionDep) -> Job:
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])
-def list_job_events(job_id: str, session: SessionDep, since_id: int = Query(0, ge=0)) -> list[Any]:
+def list_job_events(job_id: str, session: SessionDep, principal: PrincipalDep,
+                    since_id: int = Query(0, ge=0)) -> list[Any]:
     """The job's event log, oldest first (`since_id` returns only newer events)."""
-    _get_job_or_404(session, job_id)
+    _get_job_or_404(session, principal, job_id)
     return list(crud.list_events(session, job_id=job_id, since_id=since_id))
 
 
 @router.get("/{job_id}/metrics")
 def read_job_metrics(
-    job_id: str, session: SessionDep,
+    job_id: str, session: SessionDep, principal: PrincipalDep,
     kind: Literal["train", "eval"] | None = None,
     since_step: int | None = Query(None, ge=0),
 ) -> dict[str, Any]:
     """Train and eval series, the best and final eval points, and the base-vs-tuned comparison."""
-    job = _get_job_or_404(session, job_id)
+    job = _get_job_or_404(session, principal, job_id)
     points = crud.list_metric_points(session, job_id=job_id, kind=kind, since_step=since_step)
     series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
     for p in points:
@@ -180,16 +228,16 @@ def _summary(evals: list[dict[str, Any]], metric: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic])
-def list_job_checkpoints(job_id: str, session: SessionDep) -> list[Any]:
+def list_job_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep) -> list[Any]:
     """Checkpoints with their eval metrics; `available` is false once pruned from disk."""
-    _get_job_or_404(session, job_id)
+    _get_job_or_404(session, principal, job_id)
     return list(crud.list_checkpoints(session, job_id=job_id))
 
 
 @router.post("/{job_id}/compare", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
-def compare_job(job_id: str, session: SessionDep) -> Job:
+def compare_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
     """Recompute the base-vs-tuned comparison of a succeeded job (the result lands in /metrics)."""
-    job = _get_job_or_404(session, job_id)
+    job = _get_job_or_404(session, principal, job_id)
     if job.state != "succeeded" or not job.model_id:
         raise HTTPException(409, f"Job {job_id} is {job.state}; only a succeeded job has a tuned model "
                                  "to compare with its base.")

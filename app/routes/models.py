@@ -11,19 +11,20 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import Principal
 from app.crud import models as crud
-from app.deps import PredictorDep, SessionDep, SettingsDep
+from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
 from app.models import TunedModel
 from app.schemas.models import ModelPublic, ModelsPublic
 from app.serving.export import iter_targz
 from app.settings import Settings
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[Authenticated])
 log = logging.getLogger("tuneserve.api")
 
 
-def _get_or_404(session: Any, model_id: str) -> TunedModel:
-    model = crud.get_model(session=session, model_id=model_id)
+def _get_or_404(session: Any, principal: Principal, model_id: str) -> TunedModel:
+    model = principal.visible(crud.get_model(session=session, model_id=model_id))
     if model is None:
         raise HTTPException(status_code=404, detail=f"model {model_id!r} not found")
     return model
@@ -31,17 +32,18 @@ def _get_or_404(session: Any, model_id: str) -> TunedModel:
 
 @router.get("", response_model=ModelsPublic)
 def list_models(
-    session: SessionDep, skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    session: SessionDep, principal: PrincipalDep,
+    skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
 ) -> Any:
     """Tuned models, newest first."""
-    rows, count = crud.list_models(session=session, skip=skip, limit=limit)
+    rows, count = crud.list_models(session=session, principal=principal, skip=skip, limit=limit)
     return ModelsPublic(data=[ModelPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
-def read_model(model_id: str, session: SessionDep) -> Any:
+def read_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> Any:
     """One tuned model: source job, base model, task, labels, thresholds, metrics, size."""
-    return _get_or_404(session, model_id)
+    return _get_or_404(session, principal, model_id)
 
 
 def _owned_dir(settings: Settings, path: str) -> Path | None:
@@ -54,10 +56,11 @@ def _owned_dir(settings: Settings, path: str) -> Path | None:
 
 @router.delete("/{model_id}", status_code=204, response_class=Response)
 async def delete_model(
-    model_id: str, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
+    model_id: str, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
+    principal: PrincipalDep,
 ) -> Response:
     """Delete a tuned model (row, files, loaded copy); 409 while a job trains from it."""
-    model = await run_in_threadpool(_get_or_404, session, model_id)
+    model = await run_in_threadpool(_get_or_404, session, principal, model_id)
     active = await run_in_threadpool(crud.active_jobs_from_model, session=session, model_id=model_id)
     if active:
         jobs = ", ".join(f"{job.id} ({job.state})" for job in active)
@@ -82,9 +85,9 @@ async def delete_model(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/gzip": {}}, "description": "A tar.gz of the model directory."}},
 )
-def download_model(model_id: str, session: SessionDep) -> StreamingResponse:
+def download_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> StreamingResponse:
     """The model as a tar.gz of a Hugging Face directory (transformers.pipeline loads it)."""
-    model = _get_or_404(session, model_id)
+    model = _get_or_404(session, principal, model_id)
     directory = Path(model.path)
     if not (directory / "config.json").is_file():
         raise HTTPException(

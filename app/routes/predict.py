@@ -9,15 +9,16 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import Principal
 from app.crud import models as crud
 from app.db import new_session
-from app.deps import PredictorDep
+from app.deps import Authenticated, PredictorDep, PrincipalDep
 from app.schemas.predict import PredictRequest, PredictResponse
 from app.serving import ModelLoadError, ModelSpec, QueueFull, decode_multi_label, decode_single_label
 from app.serving.batching import BatcherClosed
 from app.settings import Settings
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[Authenticated])
 
 
 def _check_limits(predict_in: PredictRequest, settings: Settings) -> None:
@@ -39,9 +40,9 @@ def _check_limits(predict_in: PredictRequest, settings: Settings) -> None:
             )
 
 
-def _spec_or_404(model_id: str) -> ModelSpec:
+def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
     with new_session() as session:
-        model = crud.get_model(session=session, model_id=model_id)
+        model = principal.visible(crud.get_model(session=session, model_id=model_id))
     if model is None:
         raise HTTPException(404, f"model {model_id!r} not found")
     return ModelSpec(
@@ -59,12 +60,14 @@ def _spec_or_404(model_id: str) -> ModelSpec:
     response_model=PredictResponse,
     responses={429: {"description": "The prediction queue is full; retry after Retry-After seconds."}},
 )
-async def create_prediction(predict_in: PredictRequest, predictor: PredictorDep) -> Any:
+async def create_prediction(
+    predict_in: PredictRequest, predictor: PredictorDep, principal: PrincipalDep
+) -> Any:
     """Classify texts: label and scores per text, in order (texts over max length are cut and flagged)."""
     # The hot path of the service: no sync dependencies (SessionDep, SettingsDep), each of
     # which costs a thread hop per request; one hop opens a session, reads the row, closes it.
     _check_limits(predict_in, predictor.settings)
-    spec = await run_in_threadpool(_spec_or_404, predict_in.model_id)
+    spec = await run_in_threadpool(_spec_or_404, predict_in.model_id, principal)
     if predict_in.threshold is not None and spec.task != "multi_label":
         raise HTTPException(422, f"threshold applies to multi-label models; {spec.model_id!r} is {spec.task}")
     try:

@@ -58,9 +58,9 @@ def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
         ({"hyperparameters": {"eval_strategy": "steps"}}, 422, "needs eval_steps"),
         ({"hyperparameters": {"metric_for_best_model": "f1_micro"}}, 422, "does not exist for single_label"),
         ({"hyperparameters": {"unknown_knob": 1}}, 422, "unknown_knob"),
-        ({"base_model": "/no/such/dir"}, 422, "neither an existing local directory"),
+        ({"base_model": "/no/such/dir"}, 422, "is not a Hugging Face model directory"),
         ({"base_model": "mdl_doesnotexist"}, 422, "no such model exists"),
-        ({"base_model": "org/some model!"}, 422, "neither an existing local directory"),
+        ({"base_model": "org/some model!"}, 422, "neither a local directory nor a Hugging Face hub name"),
         ({"base_model": "klue/bert-base"}, 422, "not in the local Hugging Face cache"),
     ],
 )
@@ -77,7 +77,7 @@ def test_create_job_rejects_bad_input_and_writes_nothing(
 def test_create_job_rejects_a_directory_that_is_no_model(client: Any, tmp_path: Path) -> None:
     resp = client.post("/jobs", json={"dataset_id": _dataset(), "base_model": str(tmp_path)})
     assert resp.status_code == 422
-    assert "has no config.json" in resp.json()["detail"]
+    assert "no readable config.json" in resp.json()["detail"]
     assert _job_count() == 0
 
 
