@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.routes import datasets, health, jobs, models, predict
+from app.routes import datasets, events, health, jobs, models, predict
 from app.serving.predictor import Predictor
 from app.settings import Settings, get_settings
 
@@ -46,7 +46,7 @@ def _sweep_orphans(settings: Settings) -> None:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    for module in (health, datasets, jobs, models, predict):
+    for module in (health, datasets, jobs, events, models, predict):
         app.include_router(module.router)
     return app
 
