@@ -29,10 +29,11 @@ from sqlalchemy import func, select
 
 from app.crud import jobs as crud
 from app.db import new_session
+from app.deps import Authenticated, PrincipalDep
 from app.models import JobEvent, MetricPoint
 from app.schemas.jobs import JobEventPublic, JobPublic
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
 
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 # How often the stream looks for new rows: the worker writes progress at most once a second.
@@ -44,10 +45,11 @@ PROGRESS_FIELDS = ("state", "progress", "epoch", "step", "total_steps", "eta_s",
                    "grad_accum_steps", "best_metric_name", "best_metric", "error", "model_id")
 
 
-def _existing_job_id(job_id: str) -> str:
-    """404 before the stream starts: once it has, the status line is already sent."""
+def _existing_job_id(job_id: str, principal: PrincipalDep) -> str:
+    """404 before the stream starts (once it has, the status line is sent); another key's job is
+    as missing as one that does not exist."""
     with new_session() as session:
-        if crud.get_job(session, job_id=job_id) is None:
+        if principal.visible(crud.get_job(session, job_id=job_id)) is None:
             raise HTTPException(404, f"No job with id {job_id!r}; GET /jobs lists them.")
     return job_id
 

@@ -132,3 +132,30 @@ def test_unknown_job_and_a_malformed_last_event_id_are_4xx(client: Any) -> None:
     resp = client.get(f"/jobs/{job_id}/events/stream", headers={"Last-Event-ID": "abc"})
     assert resp.status_code == 400
     assert "Last-Event-ID 'abc'" in resp.json()["detail"]
+
+
+def test_the_stream_needs_the_key_that_owns_the_job(monkeypatch: Any, tmp_path: Any,
+                                                    database_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.auth import create_key
+    from app.main import create_app
+    from app.migrate import upgrade_head
+    from app.settings import get_settings
+    from tests.conftest import configure
+
+    configure(monkeypatch, tmp_path, database_url, auth="on")
+    upgrade_head(get_settings().database_url)
+    with session_scope() as session:
+        (alice, alice_key), (_, bob_key) = (create_key(session, name=n) for n in ("alice", "bob"))
+        alice_id = alice.id
+    job_id = _job("succeeded")
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(tenant_id=alice_id))
+    _event(job_id, "succeeded")
+    with TestClient(create_app()) as client:
+        assert client.get(f"/jobs/{job_id}/events/stream").status_code == 401
+        bob = client.get(f"/jobs/{job_id}/events/stream", headers={"Authorization": f"Bearer {bob_key}"})
+        assert bob.status_code == 404 and job_id in bob.json()["detail"]
+        client.headers["Authorization"] = f"Bearer {alice_key}"
+        assert [e for e, _, _ in _read(client, job_id)] == ["log", "progress", "end"]
