@@ -1,4 +1,4 @@
-"""`tuneserve up`: the whole service on one machine, in one command.
+"""The `tuneserve` command. `tuneserve up`: the whole service on one machine, in one command.
 
 Applies the migrations, then runs the API (uvicorn) and one training worker (Celery, solo
 pool) as child processes, restarts the worker if it dies (its job resumes from the last
@@ -14,7 +14,11 @@ import subprocess
 import sys
 import time
 from types import FrameType
+from typing import Annotated
 
+import typer
+
+from app.client.commands import register
 from app.migrate import upgrade_head
 from app.settings import get_settings
 
@@ -126,30 +130,73 @@ def keys(args: argparse.Namespace) -> int:
         return 1
 
 
+app = typer.Typer(
+    name="tuneserve", no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Fine-tune Hugging Face text models and serve them. `up` and `migrate` run the service "
+         "here; the other commands are a client of a running server (--url, --api-key).",
+)
+
+
+@app.callback()
+def _root(
+    url: Annotated[str, typer.Option(envvar="TUNESERVE_URL", help="the server the client commands call")]
+    = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(
+        envvar="TUNESERVE_API_KEY", help="sent as `Authorization: Bearer <key>` (TUNESERVE_AUTH=on)")] = None,
+) -> None:
+    """Options for the client commands; `up`, `migrate` and `keys` ignore them."""
+
+
+@app.command("up")
+def _up(host: str = "127.0.0.1", port: int = 8000, loglevel: str = "INFO") -> None:
+    """Migrate, then run the API and a training worker (Ctrl-C stops both)."""
+    raise typer.Exit(up(host, port, loglevel))
+
+
+@app.command("migrate")
+def _migrate() -> None:
+    """Apply the database migrations and exit."""
+    upgrade_head(get_settings().database_url)
+    _say("database schema is at head")
+
+
+keys_app = typer.Typer(help="API keys (TUNESERVE_AUTH=on): create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def _keys_create(
+    name: Annotated[str, typer.Option(help="who the key is for, e.g. alice")],
+    admin: Annotated[bool, typer.Option(help="sees and manages every tenant's work")] = False,
+) -> None:
+    """Make a key and print it once."""
+    raise typer.Exit(keys(argparse.Namespace(keys_command="create", name=name, admin=admin)))
+
+
+@keys_app.command("list")
+def _keys_list() -> None:
+    """Ids, names and roles of the keys (never the keys)."""
+    raise typer.Exit(keys(argparse.Namespace(keys_command="list")))
+
+
+@keys_app.command("revoke")
+def _keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id (key_...), as `keys list` shows it")],
+) -> None:
+    """Stop a key from working."""
+    raise typer.Exit(keys(argparse.Namespace(keys_command="revoke", key_id=key_id)))
+
+
+register(app)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tuneserve", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    up_parser = sub.add_parser("up", help="migrate, then run the API and a training worker")
-    up_parser.add_argument("--host", default="127.0.0.1")
-    up_parser.add_argument("--port", type=int, default=8000)
-    up_parser.add_argument("--loglevel", default="INFO")
-    sub.add_parser("migrate", help="apply the database migrations and exit")
-    keys_parser = sub.add_parser("keys", help="API keys (TUNESERVE_AUTH=on): create, list, revoke")
-    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="make a key and print it once")
-    create.add_argument("--name", required=True, help="who the key is for, e.g. alice")
-    create.add_argument("--admin", action="store_true", help="sees and manages every tenant's work")
-    keys_sub.add_parser("list", help="ids, names and roles of the keys (never the keys)")
-    revoke = keys_sub.add_parser("revoke", help="stop a key from working")
-    revoke.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
-    args = parser.parse_args(argv)
-    if args.command == "keys":
-        return keys(args)
-    if args.command == "migrate":
-        upgrade_head(get_settings().database_url)
-        _say("database schema is at head")
-        return 0
-    return up(args.host, args.port, args.loglevel)
+    """The console script. Returns the exit code instead of exiting, for callers and tests."""
+    try:
+        app(args=argv, prog_name="tuneserve")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

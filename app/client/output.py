@@ -1,0 +1,102 @@
+"""What the client prints: tables for people (rich), JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Eval figures worth a column, in this order, when a job has them.
+EVAL_COLUMNS = ("loss", "accuracy", "f1_macro", "f1_weighted", "f1_micro", "precision_macro",
+                "recall_macro", "subset_accuracy", "hamming_loss", "token_accuracy", "perplexity")
+
+HEADLINE_HYPERPARAMETERS = ("epochs", "batch_size", "learning_rate", "max_seq_length")
+
+
+def print_json(console: Console, value: Any) -> None:
+    # Plain print (no highlighting or wrapping), so a script can pipe it into jq.
+    console.print_json(json.dumps(value, ensure_ascii=False), highlight=False)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value and (abs(value) < 1e-3 or abs(value) >= 1e4):
+            return f"{value:.4g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, list):
+        return ", ".join(fmt(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def when(value: str | None) -> str:
+    return value.replace("T", " ")[:19] if value else "-"
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    out = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        # Ids stay whole, so they can be copied; long texts fold instead.
+        out.add_column(column, overflow="fold", no_wrap=column in ("id", "job", "model"))
+    for row in rows:
+        out.add_row(*(fmt(v) for v in row))
+    return out
+
+
+def fields(title: str | None, pairs: Iterable[tuple[str, Any]]) -> Table:
+    """A two-column key/value table for one object."""
+    out = Table(title=title, title_justify="left", show_header=False)
+    out.add_column(style="bold")
+    out.add_column(overflow="fold")
+    for key, value in pairs:
+        out.add_row(key, fmt(value))
+    return out
+
+
+def batch(job: dict[str, Any]) -> str:
+    micro, accum = job.get("micro_batch_size"), job.get("grad_accum_steps")
+    return f"{micro} x {accum}" if micro and accum else "-"
+
+
+def job_fields(job: dict[str, Any]) -> Table:
+    hp = job.get("hyperparameters") or {}
+    pairs: list[tuple[str, Any]] = [
+        ("job", job["id"]), ("state", job["state"]), ("dataset", job["dataset_id"]),
+        ("base model", job["base_model"]),
+        ("step", f"{job['step']}/{job['total_steps'] or '?'} ({job['progress']:.0%})"),
+        ("epoch", round(job["epoch"], 2)),
+        ("micro-batch x accumulation", batch(job)),
+        ("hyperparameters", ", ".join(f"{k} {fmt(hp[k])}" for k in HEADLINE_HYPERPARAMETERS if k in hp)),
+    ]
+    if job.get("best_metric") is not None:
+        pairs.append((f"best {job['best_metric_name']}", job["best_metric"]))
+    if job.get("device"):
+        pairs.append(("device", job["device"]))
+    pairs += [("model", job.get("model_id")), ("created", when(job["created_at"])),
+              ("finished", when(job.get("finished_at")))]
+    if job.get("error"):
+        pairs.append(("error", job["error"]))
+    return fields(None, pairs)
+
+
+def eval_table(title: str, points: list[dict[str, Any]]) -> Table:
+    present = [c for c in EVAL_COLUMNS if any(isinstance(p.get(c), int | float) for p in points)]
+    return table(title, ["step", "epoch", *present],
+                 ([p["step"], round(p["epoch"], 2), *(p.get(c) for c in present)] for p in points))
+
+
+def comparison_table(comparison: dict[str, Any] | None) -> Table | None:
+    splits = (comparison or {}).get("splits") or {}
+    rows = []
+    for split, figures in splits.items():
+        base, tuned = figures.get("base") or {}, figures.get("tuned") or {}
+        for metric in tuned:
+            if isinstance(tuned[metric], int | float):
+                rows.append([split, metric, base.get(metric), tuned[metric]])
+    return table("base vs tuned", ["split", "metric", "base", "tuned"], rows) if rows else None

@@ -1,0 +1,162 @@
+"""The `tuneserve` client against a real running service (uvicorn + a Celery worker): a whole
+fine-tune driven from a seed-style config.ini and watched live, then every read command, and the
+errors a user meets."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from app.cli import app
+from tests.conftest import REDIS_URL
+from tests.integration.conftest import service_env, write_sentiment_csv
+from tests.integration.live_service import LiveService
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Iterator[LiveService]:
+    directory = tmp_path_factory.mktemp("live")
+    broker = redis.Redis.from_url(REDIS_URL)
+    broker.flushdb()
+    env = service_env(directory, f"sqlite:///{directory / 'tuneserve.sqlite'}", REDIS_URL)
+    service = LiveService(directory, env).start()
+    service.tiny_encoder_dir = tiny_encoder_dir  # type: ignore[attr-defined]
+    try:
+        yield service
+    finally:
+        service.stop()
+        broker.flushdb()
+
+
+def cli(live: LiveService, *args: str) -> Any:
+    # A wide terminal, so that tables keep whole rows for the assertions.
+    return CliRunner().invoke(app, ["--url", live.url, *args], env={"COLUMNS": "200"})
+
+
+SEED_CONFIG = """\
+[Path]
+train_file = data/train.csv
+dev_file = data/dev.csv
+output_dir = ./output
+
+[Hyperparameters]
+model_name = {model}
+epochs = 2
+batch_size = 16
+learning_rate = 5e-4
+max_length = 32
+dropout = 0.1
+
+[Logging]
+log_dir = ./logs
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(live: LiveService, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`tuneserve jobs create --config config.ini --watch`, as a seed user would run it."""
+    project = tmp_path_factory.mktemp("seed-project")
+    (project / "data").mkdir()
+    write_sentiment_csv(project / "data" / "train.csv", rows=80)
+    write_sentiment_csv(project / "data" / "dev.csv", rows=24)
+    config = project / "config.ini"
+    config.write_text(SEED_CONFIG.format(model=live.tiny_encoder_dir), encoding="utf-8")  # type: ignore[attr-defined]
+    result = cli(live, "jobs", "create", "--config", str(config), "--set", "logging_steps=1",
+                 "--set", "warmup_ratio=0", "--watch")
+    jobs = json.loads(cli(live, "jobs", "list", "--json").output)["data"]
+    return {"result": result, "job": jobs[0], "project": project}
+
+
+def test_a_seed_config_ini_fine_tune_runs_from_the_cli_and_is_watched_live(finished: dict[str, Any]) -> None:
+    result, job = finished["result"], finished["job"]
+    text = result.output
+    assert result.exit_code == 0, text
+    # Every key is accounted for: used ones say what they became, the rest are named.
+    assert "[Hyperparameters] max_length -> max_seq_length" in text
+    assert "[Path] dev_file -> validation file" in text
+    assert "not used" in text
+    for unused in ("[Path] output_dir", "[Hyperparameters] dropout", "[Logging] log_dir"):
+        assert unused in text
+    # The live watch printed the worker's events as they came, and the evaluations.
+    for kind in ("claimed", "batch_probe", "started", "model_ready", "succeeded"):
+        assert f" {kind} " in text, kind
+    assert text.count("eval at step") == 2, text
+    assert "f1_macro" in text and "base vs tuned" in text
+    # The job is what the config asked for.
+    assert job["state"] == "succeeded" and job["model_id"] in text
+    hp = job["hyperparameters"]
+    assert (hp["epochs"], hp["batch_size"], hp["learning_rate"], hp["max_seq_length"]) == (2, 16, 5e-4, 32)
+    assert hp["logging_steps"] == 1 and hp["warmup_ratio"] == 0
+    assert job["micro_batch_size"] * job["grad_accum_steps"] == 16
+
+
+def test_read_commands_show_the_finished_job(live: LiveService, finished: dict[str, Any],
+                                             tmp_path: Path) -> None:
+    job = finished["job"]
+    shown = json.loads(cli(live, "jobs", "show", job["id"], "--json").output)
+    assert shown["id"] == job["id"] and shown["state"] == "succeeded"
+    table = cli(live, "jobs", "list")
+    assert table.exit_code == 0 and job["id"] in table.output and "succeeded" in table.output
+
+    metrics = cli(live, "metrics", job["id"])
+    assert metrics.exit_code == 0, metrics.output
+    assert "best f1_macro" in metrics.output and "train: 10 points" in metrics.output
+    body = json.loads(cli(live, "metrics", job["id"], "--json").output)
+    assert [p["step"] for p in body["eval"]] == [5, 10]
+
+    ds = json.loads(cli(live, "datasets", "show", job["dataset_id"], "--json").output)
+    assert ds["num_rows"] == {"train": 80, "validation": 24}
+    shown_ds = cli(live, "datasets", "show", job["dataset_id"])
+    assert "label distribution" in shown_ds.output and "preview" in shown_ds.output
+
+    pred = json.loads(cli(live, "predict", job["model_id"], "loved it, superb", "awful and dull",
+                          "--json").output)
+    assert [p["label"] in {"negative", "positive"} for p in pred["predictions"]] == [True, True]
+    pred_table = cli(live, "predict", job["model_id"], "loved it, superb")
+    assert pred_table.exit_code == 0 and "loved it, superb" in pred_table.output
+
+    models = json.loads(cli(live, "models", "list", "--json").output)
+    assert job["model_id"] in [m["id"] for m in models["data"]]
+    target = tmp_path / "model.tar.gz"
+    download = cli(live, "models", "download", job["model_id"], "-o", str(target))
+    assert download.exit_code == 0, download.output
+    with tarfile.open(target) as archive:
+        assert any(name.endswith("config.json") for name in archive.getnames())
+
+
+def test_cancel_then_watch_ends_with_the_cancelled_state_and_a_non_zero_exit(
+    live: LiveService, finished: dict[str, Any]
+) -> None:
+    created = cli(live, "jobs", "create", "--dataset", finished["job"]["dataset_id"], "--base-model",
+                  str(live.tiny_encoder_dir), "--epochs", "50", "--json")  # type: ignore[attr-defined]
+    assert created.exit_code == 0, created.output
+    job_id = json.loads(created.output)["id"]
+    cancelled = cli(live, "jobs", "cancel", job_id)
+    assert cancelled.exit_code == 0 and job_id in cancelled.output
+    watched = cli(live, "jobs", "watch", job_id)
+    assert watched.exit_code == 1
+    assert f"job {job_id} cancelled" in watched.output
+    assert json.loads(cli(live, "jobs", "show", job_id, "--json").output)["state"] == "cancelled"
+
+
+def test_errors_show_the_servers_detail_and_exit_non_zero(live: LiveService, tmp_path: Path) -> None:
+    missing = cli(live, "jobs", "show", "job_nope")
+    assert missing.exit_code == 1
+    assert "No job with id 'job_nope'; GET /jobs lists them. (HTTP 404)" in missing.output
+    bad = cli(live, "jobs", "create", "--dataset", "ds_nope", "--set", "epochs=-1")
+    assert bad.exit_code == 1 and "hyperparameters.epochs" in bad.output and "HTTP 422" in bad.output
+    no_train = tmp_path / "config.ini"
+    no_train.write_text("[Hyperparameters]\nepochs = 1\n", encoding="utf-8")
+    refused = cli(live, "jobs", "create", "--config", str(no_train))
+    assert refused.exit_code == 1 and "names no training file" in refused.output
+    down = CliRunner().invoke(app, ["--url", "http://127.0.0.1:9", "jobs", "list"])
+    assert down.exit_code == 2 and "no answer from http://127.0.0.1:9" in down.output
