@@ -125,10 +125,11 @@ def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     import worker.loop as loop
-    from app.schemas.jobs import Hyperparameters
+    from app.jobspec import Hyperparameters
     from app.settings import Settings
     from app.store import bundled_model_path
     from worker.classification import build_classification_task
+    from worker.recording import RecordingSink
 
     timings = {"eval_s": 0.0, "checkpoint_s": 0.0, "probe_s": 0.0, "eval_cpu_s": 0.0}
 
@@ -166,7 +167,7 @@ def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
         config = loop.TrainConfig.from_hyperparameters(hp, settings)
         config.device = args.device
         task = build_classification_task(dataset_dir, LABELS, False, str(bundled_model_path()), config)
-        sink = loop.RecordingSink()
+        sink = RecordingSink()
         started, cpu = time.perf_counter(), time.process_time()
         result = loop.run_training(task, config, tmp_path / "run", sink)
         total_s, total_cpu_s = time.perf_counter() - started, time.process_time() - cpu
@@ -254,7 +255,7 @@ def run_d(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from app.store import bundled_model_path
-    from worker.loop import epoch_windows
+    from worker.data_order import epoch_windows
 
     device = _device(torch, args.device)
     path = str(bundled_model_path())

@@ -1,4 +1,4 @@
-"""The text-classification task (single-label and multi-label) for worker/loop.py.
+"""The text-classification TrainingTask (single-label and multi-label) for worker/loop.py.
 
 Reads a dataset directory (train.parquet, validation.parquet: columns `row`, `text`, `label` —
 an index into the label list, or a list of positive indices for multi-label), tokenizes without
@@ -21,16 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from app.store import resolve_base_model, write_model_meta
-from worker.loop import Example, TrainConfig, TrainingError
+from worker.config import TrainConfig
+from worker.families.classification import LOWER_IS_BETTER, MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
 from worker.metrics import multi_label_metrics, single_label_metrics, tune_thresholds
+from worker.protocols import Example, TrainingError
 
 log = logging.getLogger("tuneserve.worker.classification")
 
-SINGLE_LABEL_METRICS = frozenset({"loss", "accuracy", "precision_macro", "recall_macro", "f1_macro",
-                                  "f1_weighted"})
-MULTI_LABEL_METRICS = frozenset({"loss", "f1_micro", "f1_macro", "subset_accuracy", "hamming_loss",
-                                 "f1_macro_at_0_5"})
-LOWER_IS_BETTER = frozenset({"loss", "hamming_loss"})
 # auto pos_weight for a rare label is capped: 1 positive in 10,000 rows must not weigh 10,000x.
 MAX_POS_WEIGHT = 100.0
 

@@ -11,9 +11,9 @@ from sqlalchemy import update
 
 from app import store
 from app.db import rows_updated, session_scope
+from app.jobspec import Hyperparameters
 from app.models import Dataset, Job, TunedModel, new_id, utcnow
 from app.queue import COMPARE_TASK, TRAIN_TASK
-from app.schemas.jobs import Hyperparameters
 from app.settings import get_settings
 from worker.celery_app import app
 from worker.recovery import LeaseKeeper, claim_job, new_attempt_token
@@ -49,7 +49,7 @@ def train(job_id: str) -> None:
 
 
 def _error_message(exc: Exception) -> str:
-    from worker.loop import TrainingError
+    from worker.protocols import TrainingError
 
     if isinstance(exc, TrainingError):
         return str(exc)
@@ -59,9 +59,10 @@ def _error_message(exc: Exception) -> str:
 
 
 def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
-    """Build the task from the job's dataset and run the loop; returns the final state."""
-    from worker.classification import build_classification_task
-    from worker.loop import TrainConfig, run_training
+    """Build the job's TrainingTask through its task family and run the loop; returns the final state."""
+    from worker.config import TrainConfig
+    from worker.families import family_for
+    from worker.loop import run_training
 
     settings = get_settings()
     with session_scope() as session:
@@ -74,10 +75,9 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
         hp = Hyperparameters.model_validate(job.hyperparameters)
         dataset_dir, labels, task = Path(dataset.storage_path), list(dataset.labels), dataset.task
 
+    family = family_for(task)
     config = TrainConfig.from_hyperparameters(hp, settings)
-    training_task = build_classification_task(
-        dataset_dir, labels, multi_label=task == "multi_label", base_model=base_model_path, config=config
-    )
+    training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
     result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)
     if result.cancelled:
         return "cancelled", {}
@@ -88,17 +88,17 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
     model_id = _register_model(job_id, Path(checkpoint), result, labels, task, hp)
     sink.event("model_ready", f"Tuned model {model_id} is ready to serve.", {"model_id": model_id,
                "checkpoint": str(checkpoint)})
-    _compare_quietly(job_id, model_id, sink)
+    _compare_quietly(job_id, task, model_id, sink)
     return "succeeded", {"model_id": model_id, "progress": 1.0}
 
 
-def _compare_quietly(job_id: str, model_id: str, sink: SqlSink) -> None:
+def _compare_quietly(job_id: str, task: str, model_id: str, sink: SqlSink) -> None:
     """The base-vs-tuned report is part of every job, but a failure to make it must not fail
     a job whose model is already trained and registered."""
-    from worker.compare import compare_job
+    from worker.families import family_for
 
     try:
-        compare_job(job_id, model_id)
+        family_for(task).compare(job_id, model_id)
     except Exception as exc:
         log.exception("job %s: comparison failed", job_id)
         sink.event("comparison_failed", f"The base-vs-tuned comparison could not be made ({exc}); "
@@ -109,7 +109,7 @@ def _base_model_path(session: Any, job: Job) -> str:
     if job.base_model_id:
         tuned = session.get(TunedModel, job.base_model_id)
         if tuned is None:
-            from worker.loop import TrainingError
+            from worker.protocols import TrainingError
 
             raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
                                 "start the job again from another model.")
@@ -120,6 +120,7 @@ def _base_model_path(session: Any, job: Job) -> str:
 def _register_model(job_id: str, checkpoint: Path, result: Any, labels: list[str], task: str,
                     hp: Hyperparameters) -> str:
     from worker.export import export_tuned_model
+    from worker.families import family_for
 
     settings = get_settings()
     model_id = new_id("mdl")
@@ -127,17 +128,13 @@ def _register_model(job_id: str, checkpoint: Path, result: Any, labels: list[str
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        checkpoint_meta = store.read_model_meta(checkpoint)
-        meta = {
-            "task": task, "labels": labels, "thresholds": checkpoint_meta.get("thresholds"),
-            "max_seq_length": hp.max_seq_length, "base_model": job.base_model, "job_id": job_id,
-        }
+        meta = family_for(task).model_meta(checkpoint, task, labels, hp, job.base_model, job_id)
         export_tuned_model(checkpoint, destination, meta)
         try:
             metrics = result.best_metrics or result.final_metrics or {}
             session.add(TunedModel(
                 id=model_id, tenant_id=job.tenant_id, job_id=job_id, base_model=job.base_model, task=task,
-                labels=labels, thresholds=meta["thresholds"], metrics=_flat_metrics(metrics),
+                labels=labels, thresholds=meta.get("thresholds"), metrics=_flat_metrics(metrics),
                 max_seq_length=hp.max_seq_length, path=str(destination),
                 size_bytes=store.dir_size_bytes(destination),
             ))
@@ -169,7 +166,12 @@ def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
 
 @app.task(name=COMPARE_TASK, acks_late=True)
 def compare(job_id: str) -> None:
-    """Base model vs tuned model on the validation (and test) split, stored on the job."""
-    from worker.compare import compare_job
+    """Base model vs tuned model on the held-out splits, stored on the job."""
+    from worker.families import family_for
 
-    compare_job(job_id)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        task = job.task if job is not None else None
+    if task is None:
+        raise ValueError(f"job {job_id} does not exist")
+    family_for(task).compare(job_id)

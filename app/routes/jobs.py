@@ -24,17 +24,11 @@ from app.schemas.jobs import (
     JobsPublic,
 )
 from app.settings import Settings
+from worker.families import FAMILIES, TRAINABLE_TASKS
 
 log = logging.getLogger("tuneserve.api.jobs")
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
 
-# Eval metrics a job may select its best checkpoint by, per task; lower is better for these:
-METRICS_BY_TASK = {
-    "single_label": {"accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "loss"},
-    "multi_label": {"f1_micro", "f1_macro", "subset_accuracy", "hamming_loss", "loss"},
-}
-LOWER_IS_BETTER = {"loss", "hamming_loss"}
-TRAINABLE_TASKS = set(METRICS_BY_TASK)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -125,7 +119,7 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
                                  f"{' and '.join(sorted(TRAINABLE_TASKS))} classifiers. Upload it with "
                                  "task=single_label and a text_column/label_column to train a classifier.")
     hp = job_in.hyperparameters
-    allowed = METRICS_BY_TASK[dataset.task]
+    allowed = FAMILIES[dataset.task].metric_names(dataset.task)
     if hp.metric_for_best_model not in allowed:
         raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "
                                  f"{dataset.task} jobs; choose one of {sorted(allowed)}.")
@@ -214,16 +208,19 @@ def read_job_metrics(
     for p in points:
         series.setdefault(p.kind, []).append({"step": p.step, "epoch": p.epoch, **p.values})
     metric = job.best_metric_name or "loss"
-    return {**series, "summary": _summary(series["eval"], metric), "comparison": job.comparison}
+    family = FAMILIES.get(job.task)
+    greater_is_better = family.greater_is_better(metric) if family is not None else metric != "loss"
+    return {**series, "summary": _summary(series["eval"], metric, greater_is_better),
+            "comparison": job.comparison}
 
 
-def _summary(evals: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+def _summary(evals: list[dict[str, Any]], metric: str, greater_is_better: bool) -> dict[str, Any]:
     scored = [e for e in evals if isinstance(e.get(metric), int | float)]
     best = None
     if scored:
-        pick = min if metric in LOWER_IS_BETTER else max
+        pick = max if greater_is_better else min
         best = pick(scored, key=lambda e: e[metric])
-    return {"metric": metric, "greater_is_better": metric not in LOWER_IS_BETTER,
+    return {"metric": metric, "greater_is_better": greater_is_better,
             "best": best, "final": evals[-1] if evals else None}
 
 

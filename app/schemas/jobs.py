@@ -5,65 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.jobspec import Hyperparameters
 
-class Hyperparameters(BaseModel):
-    """Every field is optional; the defaults follow the seed scripts users already run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: float = Field(3.0, gt=0, le=100, description="Passes over the training split.")
-    max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (overrides epochs when set)."
-    )
-    learning_rate: float = Field(2e-5, gt=0, le=1.0)
-    batch_size: int = Field(
-        32, ge=1, le=4096,
-        description="The effective batch: samples per optimizer step. The service picks the "
-        "micro-batch that fits the GPU and makes up the rest by gradient accumulation.",
-    )
-    micro_batch_size: int | None = Field(
-        None, ge=1, le=4096,
-        description="Force this micro-batch instead of probing (must divide batch_size).",
-    )
-    eval_batch_size: int | None = Field(None, ge=1, le=4096, description="Default: probed, like training.")
-    max_seq_length: int = Field(128, ge=8, le=8192, description="Longer texts are truncated.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
-    seed: int = 42
-    eval_strategy: Literal["epoch", "steps"] = "epoch"
-    eval_steps: int | None = Field(None, ge=1, description="eval_strategy=steps: evaluate every N steps.")
-    logging_steps: int = Field(10, ge=1, description="Record a train metric point every N optimizer steps.")
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement."
-    )
-    metric_for_best_model: str = Field(
-        "f1_macro", description="Eval metric that picks the best checkpoint (loss: lower is better)."
-    )
-    load_best_model_at_end: bool = True
-    class_weights: Literal["off", "auto"] = Field(
-        "off", description="auto: weight classes (or positive labels) by inverse frequency."
-    )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on a GPU that supports it, else fp16 on GPU, fp32 on CPU."
-    )
-    gradient_checkpointing: bool = Field(
-        False, description="Trade compute for memory from the start (it is also the last OOM resort)."
-    )
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> Hyperparameters:
-        if self.eval_strategy == "steps" and self.eval_steps is None:
-            raise ValueError("eval_strategy 'steps' needs eval_steps (evaluate every N optimizer steps)")
-        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size} "
-                "so that micro-batch x accumulation equals the effective batch exactly"
-            )
-        return self
+__all__ = ["Hyperparameters", "JobCreate", "JobPublic", "JobsPublic", "JobEventPublic", "CheckpointPublic"]
 
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]

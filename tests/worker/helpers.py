@@ -14,7 +14,8 @@ import torch
 
 from tests.conftest import make_tiny_classifier
 from worker.classification import ClassificationTask, build_classification_task
-from worker.loop import Example, TrainConfig
+from worker.config import TrainConfig
+from worker.protocols import Example
 
 LABELS = ["sports", "politics", "tech"]
 KEYWORDS = {

@@ -10,15 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.worker.helpers import build_task, make_config, max_weight_diff, record_windows, weights
-from worker.loop import (
-    LoopState,
-    RecordingSink,
-    Trainer,
-    TrainingError,
-    is_oom,
-    next_micro_batch,
-    run_training,
-)
+from worker.adaptive_batch import Trainer, is_oom, next_micro_batch
+from worker.config import LoopState
+from worker.loop import run_training
+from worker.protocols import TrainingError
+from worker.recording import RecordingSink
 
 ATOL = 1e-5
 

@@ -13,7 +13,9 @@ import torch
 from tests.worker.helpers import LABELS, build_task, make_config
 from worker.classification import _loss_weight, build_classification_task, load_classifier
 from worker.export import export_tuned_model
-from worker.loop import RecordingSink, TrainingError, run_training
+from worker.loop import run_training
+from worker.protocols import TrainingError
+from worker.recording import RecordingSink
 
 
 def test_multi_label_run_tunes_and_saves_thresholds(multi_dataset_dir: Path, multi_model_dir: Path,

@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.worker.helpers import LABELS, build_task, make_config
-from worker.loop import (
-    TRAINING_STATE_FILE,
-    RecordingSink,
-    TrainConfig,
-    TrainingError,
-    epoch_windows,
-    run_training,
-)
+from worker.checkpoints import TRAINING_STATE_FILE
+from worker.config import TrainConfig
+from worker.data_order import epoch_windows
+from worker.loop import run_training
+from worker.protocols import TrainingError
+from worker.recording import RecordingSink
 
 
 def test_epoch_order_is_a_seeded_length_grouped_permutation() -> None:
@@ -33,7 +31,7 @@ def test_epoch_order_is_a_seeded_length_grouped_permutation() -> None:
 
 
 def test_config_from_hyperparameters_takes_job_and_settings_fields() -> None:
-    from app.schemas.jobs import Hyperparameters
+    from app.jobspec import Hyperparameters
     from app.settings import Settings
 
     hp = Hyperparameters(batch_size=16, learning_rate=5e-5, eval_strategy="steps", eval_steps=7)

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests.worker.helpers import build_task, make_config, max_weight_diff, record_windows, weights
-from worker.loop import RecordingSink, run_training
+from worker.loop import run_training
+from worker.recording import RecordingSink
 
 # 36 rows, batch 8: 5 steps per epoch (the last one short), 2 epochs = 10 steps; a checkpoint
 # every 3 steps, across the epoch boundary. The micro-batch is forced: no probe in record_windows.

@@ -1,0 +1,96 @@
+"""The run's configuration (TrainConfig: the job's hyperparameters plus the worker's settings)
+and the state the loop changes as it goes (LoopState: saved whole in every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.jobspec import Hyperparameters
+    from app.settings import Settings
+
+
+def _runtime(default: Any) -> Any:
+    """A field that comes from the worker's settings, not from the job: a resumed run keeps the
+    current value instead of the checkpoint's (fault injection, threads, where it runs)."""
+    return field(default=default, metadata={"runtime": True})
+
+
+@dataclass
+class TrainConfig:
+    # --- from the job's hyperparameters --------------------------------------------------
+    epochs: float = 3.0                    # passes over the training split (may be fractional)
+    max_steps: int | None = None           # optimizer steps; overrides epochs when set
+    learning_rate: float = 2e-5            # peak learning rate, after warmup
+    batch_size: int = 32                   # the EFFECTIVE batch: samples per optimizer step
+    micro_batch_size: int | None = None    # forced micro-batch (skips the probe); must divide batch_size
+    eval_batch_size: int | None = None     # None: start at 2x the micro-batch, shrink on OOM
+    max_seq_length: int = 128              # tokens; longer texts are truncated by the task
+    warmup_ratio: float = 0.1              # fraction of the optimizer steps spent warming up
+    weight_decay: float = 0.01             # AdamW decay, not applied to biases and norms
+    lr_scheduler: str = "linear"           # linear | cosine | constant (after warmup)
+    max_grad_norm: float | None = 1.0      # gradient clipping; None turns it off
+    seed: int = 42                         # data order, dropout, head init
+    eval_strategy: str = "epoch"           # epoch | steps
+    eval_steps: int | None = None          # eval_strategy=steps: evaluate every N optimizer steps
+    logging_steps: int = 10                # a train metric point every N optimizer steps
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    metric_for_best_model: str = "f1_macro"     # picks the best checkpoint; direction from the task
+    load_best_model_at_end: bool = True    # the caller exports the best checkpoint, else the last
+    class_weights: str = "off"             # off | auto (read by the task, kept here for the record)
+    precision: str = "auto"                # auto | fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False   # from the start; it is also the last OOM resort
+    # --- from the worker's settings ------------------------------------------------------
+    max_micro_batch_size: int = _runtime(256)    # largest micro-batch the probe tries
+    keep_last_checkpoints: int = _runtime(2)     # besides the best one; at least 1 is kept
+    torch_threads: int = _runtime(0)             # CPU threads for torch; 0: torch's default
+    device: str = _runtime("auto")               # auto (cuda when available) | cpu | cuda | cuda:N
+    # Length grouping: sort pools of this many optimizer-step windows by length, so each
+    # micro-batch pads to similar lengths (the pool keeps the order random across pools).
+    length_group_windows: int = _runtime(50)
+    fault_oom_above_micro_batch: int | None = _runtime(None)  # see app/settings.py
+    fault_oom_from_step: int = _runtime(0)
+    fault_oom_above_eval_batch: int | None = _runtime(None)
+    fault_step_delay_s: float = _runtime(0.0)
+
+    @classmethod
+    def from_hyperparameters(cls, hp: Hyperparameters, settings: Settings) -> TrainConfig:
+        job = {f.name: getattr(hp, f.name) for f in dataclasses.fields(cls)
+               if not f.metadata.get("runtime") and hasattr(hp, f.name)}
+        return cls(
+            **job,
+            max_micro_batch_size=settings.max_micro_batch_size,
+            keep_last_checkpoints=settings.keep_last_checkpoints,
+            torch_threads=settings.torch_threads,
+            fault_oom_above_micro_batch=settings.fault_oom_above_micro_batch,
+            fault_oom_from_step=settings.fault_oom_from_step,
+            fault_oom_above_eval_batch=settings.fault_oom_above_eval_batch,
+            fault_step_delay_s=settings.fault_step_delay_s,
+        )
+
+    def with_job_fields_of(self, saved: Mapping[str, Any]) -> TrainConfig:
+        """This config with the job's fields taken from a checkpoint (a resumed run continues the
+        run it resumes), the runtime fields kept from now."""
+        names = {f.name for f in dataclasses.fields(self) if not f.metadata.get("runtime")}
+        return dataclasses.replace(self, **{k: v for k, v in saved.items() if k in names})
+
+
+@dataclass
+class LoopState:
+    """Everything the loop changes as it goes; saved whole in every checkpoint."""
+
+    global_step: int = 0                    # optimizer steps done
+    micro_batch_size: int = 1
+    eval_batch_size: int = 1
+    gradient_checkpointing: bool = False
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    evals_without_improvement: int = 0
+    early_stopped: bool = False
+    eval_losses: list[float] = field(default_factory=list)  # the trend, for the fit diagnosis
+    probe: dict[str, Any] = field(default_factory=dict)
