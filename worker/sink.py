@@ -14,6 +14,7 @@ from sqlalchemy import update
 from app.db import session_scope
 from app.models import Checkpoint, Job, JobEvent, MetricPoint
 from worker.recovery import LeaseKeeper
+from worker.tensorboard import TensorBoardLog
 
 log = logging.getLogger("tuneserve.worker.sink")
 
@@ -43,20 +44,32 @@ def add_event(job_id: str, kind: str, message: str, data: dict[str, Any] | None 
 
 
 class SqlSink:
-    def __init__(self, job_id: str, lease: LeaseKeeper, min_progress_interval_s: float = 1.0) -> None:
+    def __init__(self, job_id: str, lease: LeaseKeeper, min_progress_interval_s: float = 1.0,
+                 tensorboard_dir: Path | None = None) -> None:
         self.job_id = job_id
         self.lease = lease
         self.min_progress_interval_s = min_progress_interval_s
         self._last_progress_write = 0.0
+        # Metric points are also written as TensorBoard scalars when a directory is given.
+        self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir is not None else None
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         log.info("job %s: %s: %s", self.job_id, kind, message)
         add_event(self.job_id, kind, message, data)
+        if kind == "resumed" and self.tensorboard is not None and data and "step" in data:
+            self.tensorboard.resumed_at(int(data["step"]))
 
     def _point(self, kind: str, step: int, epoch: float, values: dict[str, Any]) -> None:
+        values = _json_safe(values)
         with session_scope() as session:
             session.add(MetricPoint(job_id=self.job_id, kind=kind, step=step, epoch=float(epoch),
-                                    values=_json_safe(values)))
+                                    values=values))
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(kind, step, {**values, "epoch": epoch})
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def train_point(self, step: int, epoch: float, values: dict[str, Any]) -> None:
         self._point("train", step, epoch, values)

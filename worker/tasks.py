@@ -18,6 +18,7 @@ from app.settings import get_settings
 from worker.celery_app import app
 from worker.recovery import LeaseKeeper, claim_job, new_attempt_token
 from worker.sink import SqlSink, add_event
+from worker.tensorboard import TENSORBOARD_DIRNAME
 
 log = logging.getLogger("tuneserve.worker.tasks")
 
@@ -32,7 +33,8 @@ def train(job_id: str) -> None:
         return
     settings = get_settings()
     with LeaseKeeper(job_id, token, settings.heartbeat_interval_s) as lease:
-        sink = SqlSink(job_id, lease)
+        sink = SqlSink(job_id, lease, tensorboard_dir=store.job_dir(settings.models_dir, job_id)
+                       / TENSORBOARD_DIRNAME)
         if claim == "taken_over":
             sink.event("attempt", f"Worker {token} took over the job; it resumes from its last checkpoint.")
         else:
@@ -42,6 +44,8 @@ def train(job_id: str) -> None:
         except Exception as exc:
             outcome, fields = "failed", {"error": _error_message(exc)}
             log.exception("job %s failed", job_id)
+        finally:
+            sink.close()
         if lease.lease_lost.is_set():
             log.warning("job %s: lease lost to another worker; this attempt leaves the job to it", job_id)
             return

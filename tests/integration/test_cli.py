@@ -50,9 +50,9 @@ output_dir = ./output
 
 [Hyperparameters]
 model_name = {model}
-epochs = 2
+epochs = 3
 batch_size = 16
-learning_rate = 5e-4
+learning_rate = 3e-3
 max_length = 32
 dropout = 0.1
 
@@ -89,12 +89,12 @@ def test_a_seed_config_ini_fine_tune_runs_from_the_cli_and_is_watched_live(finis
     # The live watch printed the worker's events as they came, and the evaluations.
     for kind in ("claimed", "batch_probe", "started", "model_ready", "succeeded"):
         assert f" {kind} " in text, kind
-    assert text.count("eval at step") == 2, text
+    assert text.count("eval at step") == 3, text
     assert "f1_macro" in text and "base vs tuned" in text
     # The job is what the config asked for.
     assert job["state"] == "succeeded" and job["model_id"] in text
     hp = job["hyperparameters"]
-    assert (hp["epochs"], hp["batch_size"], hp["learning_rate"], hp["max_seq_length"]) == (2, 16, 5e-4, 32)
+    assert (hp["epochs"], hp["batch_size"], hp["learning_rate"], hp["max_seq_length"]) == (3, 16, 3e-3, 32)
     assert hp["logging_steps"] == 1 and hp["warmup_ratio"] == 0
     assert job["micro_batch_size"] * job["grad_accum_steps"] == 16
 
@@ -109,9 +109,9 @@ def test_read_commands_show_the_finished_job(live: LiveService, finished: dict[s
 
     metrics = cli(live, "metrics", job["id"])
     assert metrics.exit_code == 0, metrics.output
-    assert "best f1_macro" in metrics.output and "train: 10 points" in metrics.output
+    assert "best f1_macro" in metrics.output and "train: 15 points" in metrics.output
     body = json.loads(cli(live, "metrics", job["id"], "--json").output)
-    assert [p["step"] for p in body["eval"]] == [5, 10]
+    assert [p["step"] for p in body["eval"]] == [5, 10, 15]
 
     ds = json.loads(cli(live, "datasets", "show", job["dataset_id"], "--json").output)
     assert ds["num_rows"] == {"train": 80, "validation": 24}
@@ -160,3 +160,25 @@ def test_errors_show_the_servers_detail_and_exit_non_zero(live: LiveService, tmp
     assert refused.exit_code == 1 and "names no training file" in refused.output
     down = CliRunner().invoke(app, ["--url", "http://127.0.0.1:9", "jobs", "list"])
     assert down.exit_code == 2 and "no answer from http://127.0.0.1:9" in down.output
+
+
+def test_the_finished_job_wrote_tensorboard_event_files_that_read_back(live: LiveService,
+                                                                      finished: dict[str, Any]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    job = finished["job"]
+    log_dir = live.directory / "models_store" / "jobs" / job["id"] / "tensorboard"
+    assert list(log_dir.glob("events.out.tfevents.*")), list(log_dir.parent.iterdir())
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "train/samples_per_second", "eval/f1_macro",
+            "eval/accuracy", "eval/loss"} <= tags
+    # The same figures the API serves, step for step.
+    metrics = json.loads(cli(live, "metrics", job["id"], "--json").output)
+    train_loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in train_loss] == [p["step"] for p in metrics["train"]]
+    assert [v for _, v in train_loss] == pytest.approx([p["loss"] for p in metrics["train"]], rel=1e-6)
+    f1 = events.Scalars("eval/f1_macro")
+    assert [e.step for e in f1] == [p["step"] for p in metrics["eval"]]
+    assert [e.value for e in f1] == pytest.approx([p["f1_macro"] for p in metrics["eval"]], rel=1e-6)
