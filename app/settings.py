@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     # Redis transport: an unacknowledged job message (its worker died) is handed out again
     # after this long. A duplicate delivery of a live job is dropped by the lease check.
     broker_visibility_timeout_s: int = 600
+    # The worker touches this file while its broker and database answer; `python -m
+    # worker.health` (compose's health check) fails once it is stale. Unset: no file.
+    worker_health_file: Path | None = None
+    # How often the worker checks and touches it; stale after 4 intervals.
+    worker_health_interval_s: float = 15.0
     # CPU threads for torch in the worker; 0 means torch's own default (all cores).
     torch_threads: int = 0
 
@@ -118,6 +123,9 @@ class Settings(BaseSettings):
     fault_step_delay_s: float = 0.0
 
     # --- serving -----------------------------------------------------------------------
+    # Where /predict runs its models: "auto" is the GPU when torch sees one (compose gives the API
+    # container the GPU for this), else the CPU; or "cpu", "cuda", "cuda:1"...
+    predict_device: str = "auto"
     # Models kept loaded for /predict; the least recently used is evicted past this budget.
     predict_cache_mb: int = 2048
     # Most texts in one forward pass: larger batches stop helping on CPU and cost latency.

@@ -49,3 +49,23 @@ def _start_lease_sweeper(**_: object) -> None:
 @worker_shutting_down.connect
 def _stop_lease_sweeper(**_: object) -> None:
     _sweeper_stop.set()
+
+
+_health_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_health_beat(**_: object) -> None:
+    """Touch the health file while the broker and database answer (see worker/health.py)."""
+    if settings.worker_health_file is None:
+        return
+    from worker.health import beat_forever
+
+    threading.Thread(target=beat_forever, name="tuneserve-health",
+                     args=(settings.worker_health_file, _health_stop, settings.worker_health_interval_s),
+                     daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _stop_health_beat(**_: object) -> None:
+    _health_stop.set()

@@ -169,7 +169,7 @@ class Predictor:
                 f"the files of model {spec.model_id} are missing (no config.json in {spec.path})"
             )
         try:
-            model = await asyncio.to_thread(_load_model, spec)
+            model = await asyncio.to_thread(_load_model, spec, self.settings.predict_device)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"model {spec.model_id} could not be loaded: {exc}") from exc
         batcher: Batcher[Encoded, list[float]] = Batcher(
@@ -201,7 +201,7 @@ class Predictor:
         return await asyncio.to_thread(model.encode, texts)
 
 
-def _load_model(spec: ModelSpec) -> LoadedModel:
+def _load_model(spec: ModelSpec, device: str) -> LoadedModel:
     # Idle OpenMP workers sleep instead of spinning. The API process shares its cores with the
     # event loop, HTTP parsing and tokenization (and, on a shared host, with other processes):
     # spinning workers took that CPU and cut /predict throughput tenfold under load on 2 cores.
@@ -210,5 +210,6 @@ def _load_model(spec: ModelSpec) -> LoadedModel:
     from app.serving.runtime import LoadedModel  # torch is imported here, on the first load
 
     return LoadedModel(
-        spec.path, task=spec.task, num_labels=len(spec.labels), max_seq_length=spec.max_seq_length
+        spec.path, task=spec.task, num_labels=len(spec.labels), max_seq_length=spec.max_seq_length,
+        device=device,
     )

@@ -21,6 +21,14 @@ from app.serving.batching import plan_chunks
 FORWARD_OVERHEAD_TOKENS = 96
 
 
+def serving_device(name: str | None) -> torch.device:
+    if name in (None, "", "cpu"):
+        return torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Encoded:
     """One text, tokenized and truncated to the model's maximum length."""
@@ -32,9 +40,10 @@ class Encoded:
 
 class LoadedModel:
     def __init__(self, path: Path, *, task: str, num_labels: int, max_seq_length: int | None,
-                 fresh_head_labels: Sequence[str] | None = None) -> None:
+                 fresh_head_labels: Sequence[str] | None = None, device: str | None = None) -> None:
         """`fresh_head_labels`: load a base checkpoint with a newly initialized head for these
-        labels (the base side of the base-vs-tuned comparison), instead of a tuned model's own."""
+        labels (the base side of the base-vs-tuned comparison), instead of a tuned model's own.
+        `device`: "auto" (a GPU when torch sees one), "cpu", "cuda", "cuda:1"...; None: cpu."""
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -53,7 +62,7 @@ class LoadedModel:
                 f"the model in {path} has {model.config.num_labels} outputs but its row lists "
                 f"{num_labels} labels"
             )
-        self.model = model.eval()
+        self.model = model.to(serving_device(device)).eval()
         self.multi_label = task == "multi_label"
         self.max_length = max_seq_length or self._default_max_length()
         self.pad_id = self.tokenizer.pad_token_id or 0

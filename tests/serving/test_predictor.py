@@ -122,9 +122,9 @@ async def test_concurrent_first_requests_load_the_model_once(tmp_path: Path, mon
     loads: list[str] = []
     real = predictor_module._load_model
 
-    def counting(s: ModelSpec):  # type: ignore[no-untyped-def]
+    def counting(s: ModelSpec, device: str):  # type: ignore[no-untyped-def]
         loads.append(s.model_id)
-        return real(s)
+        return real(s, device)
 
     monkeypatch.setattr(predictor_module, "_load_model", counting)
     predictor = Predictor(_settings())
@@ -158,3 +158,13 @@ def test_the_serving_package_does_not_import_torch_until_a_model_loads() -> None
         "assert not loaded, f'worker imported: {loaded}'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_serving_device_auto_is_the_gpu_only_when_torch_sees_one() -> None:
+    import torch
+
+    from app.serving.runtime import serving_device
+
+    assert serving_device(None) == serving_device("cpu") == torch.device("cpu")
+    assert serving_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert serving_device("cuda:1") == torch.device("cuda", 1)
