@@ -86,8 +86,9 @@ def main() -> None:
         print(f"best eval (step {best['step']}): " + ", ".join(
             f"{k} {best[k]:.4f}" for k in ("accuracy", "f1_macro", "f1_weighted", "loss") if k in best))
         for split, figures in (metrics["comparison"] or {}).get("splits", {}).items():
-            print(f"base vs tuned on {split}: " + ", ".join(
-                f"{k} {figures['base'][k]:.4f} -> {figures['tuned'][k]:.4f}" for k in figures["tuned"]))
+            print(f"{split} ({figures['rows']} rows): " + "; ".join(
+                f"{name} accuracy {figures[name]['accuracy']:.4f} f1_macro {figures[name]['f1_macro']:.4f}"
+                for name in ("tuned", "tfidf", "majority") if name in figures and "accuracy" in figures[name]))
         if args.predict:
             pred = http.post("/predict", json={"model_id": job["model_id"], "texts": args.predict}).json()
             print(json.dumps(pred, ensure_ascii=False, indent=2))

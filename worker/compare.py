@@ -1,8 +1,13 @@
-"""Base model vs tuned model, side by side on the job's held-out splits.
+"""The tuned model beside cheap baselines, on the same held-out rows, with the same metrics.
 
-The base model gets the dataset's label head freshly initialized (seeded): it was never trained
-for these labels, so its figures sit near chance. The report says so; what it shows is how much
-the fine-tune added, and which example predictions it changed.
+The baselines (worker/baselines.py: the label prior, and TF-IDF character n-grams + logistic
+regression) fit on the job's train split in seconds; the tuned model is scored as /predict
+scores it. All three get the same metrics as the training loop's evaluation (per class and the
+confusion matrix included), on every row of the validation split and of the test split when the
+dataset has one. The tuned model's test figures are also recorded as a `test` metric point.
+
+The base model with a freshly initialized head is no longer compared: it never saw these labels,
+so its figures sat near chance and told the user nothing they could act on.
 """
 
 from __future__ import annotations
@@ -13,30 +18,28 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sqlalchemy import delete
 
-from app import store
 from app.db import session_scope
-from app.models import Dataset, Job, JobEvent, TunedModel, utcnow
+from app.models import Dataset, Job, JobEvent, MetricPoint, TunedModel, utcnow
 from app.serving.runtime import LoadedModel
+from worker.baselines import BASELINE_NAMES, fit_baselines, targets_matrix
+from worker.families.classification import LOWER_IS_BETTER
+from worker.metrics import log_loss, multi_label_metrics, single_label_metrics, tune_thresholds
 
 log = logging.getLogger("tuneserve.worker.compare")
 
-# Rows compared per split: enough for stable figures, bounded so a huge validation split
-# does not hold the worker for long after training.
-MAX_ROWS_PER_SPLIT = 2000
 BATCH_SIZE = 32
 EXAMPLES_SHOWN = 8
-BASE_HEAD_NOTE = (
-    "The base model's classification head is newly initialized (it never saw these labels), so its "
-    "figures are near chance: the difference is what fine-tuning added."
-)
-BASE_TUNED_NOTE = "The base is a tuned model with these labels: its own head is compared as it is."
+SPLITS = ("validation", "test")
+NOTE = ("The baselines fit on the train split and are scored on the same rows as the tuned model. "
+        "`majority` predicts the label prior; `tfidf` is a linear model over character n-grams. "
+        "A fine-tune that does not beat `tfidf` bought nothing a linear model would not give.")
 
 
 def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
-    """Compare the job's base model with its tuned model (`model_id`, default: the job's)."""
+    """Score the job's tuned model (`model_id`, default: the job's) and the baselines on the
+    validation and test splits; store the report on the job and the test figures as a metric point."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         model_id = model_id or (job.model_id if job else None)
@@ -46,71 +49,81 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
         dataset = session.get(Dataset, job.dataset_id)
         if tuned is None or dataset is None:
             raise ValueError(f"job {job_id}: its model or dataset was deleted")
-        base_path = _base_path(session, job)
         tuned_path, labels, task = Path(tuned.path), list(tuned.labels), tuned.task
         thresholds = tuned.thresholds or {}
         max_len = tuned.max_seq_length or 128
-        dataset_dir, seed = Path(dataset.storage_path), int(job.hyperparameters.get("seed", 42))
+        dataset_dir, base_model = Path(dataset.storage_path), job.base_model
+        primary = job.best_metric_name if job.best_metric_name not in (None, "loss") else "f1_macro"
 
-    report: dict[str, Any] = {"base_model": job.base_model, "model_id": model_id, "splits": {}}
     multi = task == "multi_label"
-    tuned_model = _load(tuned_path, labels, task, max_len, seed, fresh_head=False)
-    # A tuned model as base (continued fine-tuning) keeps its own head when it has these labels.
-    base_is_tuned = Path(base_path).resolve() == tuned_path.resolve() or _has_head_for(base_path, labels)
-    base_model = _load(base_path, labels, task, max_len, seed, fresh_head=not base_is_tuned)
-    report["note"] = BASE_TUNED_NOTE if base_is_tuned else BASE_HEAD_NOTE
-    tuned_cut = np.array([float(thresholds.get(name, 0.5)) for name in labels])
-    for split in ("validation", "test"):
-        path = dataset_dir / f"{split}.parquet"
-        if not path.is_file():
-            continue
-        table = pq.read_table(path).slice(0, MAX_ROWS_PER_SPLIT).to_pylist()
-        texts = [r["text"] for r in table]
-        truth = _truth([r["label"] for r in table], len(labels), multi)
-        base_pred = _decide(_scores(base_model, texts), multi, np.full(len(labels), 0.5))
-        tuned_pred = _decide(_scores(tuned_model, texts), multi, tuned_cut)
-        base_figures = _figures(truth, base_pred, multi)
-        tuned_figures = _figures(truth, tuned_pred, multi)
-        report["splits"][split] = {
-            "rows": len(texts),
-            "base": base_figures,
-            "tuned": tuned_figures,
-            "delta": {k: round(tuned_figures[k] - base_figures[k], 6) for k in tuned_figures},
-            "changed_examples": _changed(texts, truth, base_pred, tuned_pred, labels, multi),
-        }
+    rows = {split: _read_split(dataset_dir / f"{split}.parquet", len(labels), multi)
+            for split in ("train", *SPLITS) if (dataset_dir / f"{split}.parquet").is_file()}
+    train_texts, train_truth = rows.pop("train")
+    baselines = fit_baselines(train_texts, train_truth, {s: texts for s, (texts, _) in rows.items()},
+                              len(labels), multi)
+    model = LoadedModel(tuned_path, task=task, num_labels=len(labels), max_seq_length=max_len)
+    tuned_probs = {split: _scores(model, texts) for split, (texts, _) in rows.items()}
+    # Multi-label decisions: the tuned model keeps the thresholds it was tuned to on validation;
+    # each baseline gets its own, tuned the same way on the same validation rows.
+    cuts = {"tuned": [float(thresholds.get(name, 0.5)) for name in labels]}
+    for name, baseline in baselines.items():
+        validation = baseline.probabilities.get("validation")
+        if multi and validation is not None and "validation" in rows:
+            cuts[name] = tune_thresholds(validation, rows["validation"][1])
+
+    report: dict[str, Any] = {
+        "model_id": model_id, "base_model": base_model, "task": task, "primary_metric": primary,
+        "greater_is_better": primary not in LOWER_IS_BETTER,
+        "parameters": sum(p.numel() for p in model.model.parameters()),
+        "baselines": {name: b.describe() for name, b in baselines.items()},
+        "note": NOTE, "splits": {},
+    }
+    for split, (texts, truth) in rows.items():
+        probs = {"tuned": tuned_probs[split]}
+        probs.update({name: b.probabilities[split] for name, b in baselines.items() if not b.error})
+        figures = {name: _figures(p, truth, labels, multi, cuts.get(name)) for name, p in probs.items()}
+        entry: dict[str, Any] = {"rows": len(texts), **figures}
+        for name in BASELINE_NAMES:
+            if name in figures:
+                entry[f"delta_vs_{name}"] = _delta(figures["tuned"], figures[name])
+        if "tfidf" in probs:
+            entry["disagreements_with_tfidf"] = _disagreements(
+                texts, truth, _decide(probs["tfidf"], multi, cuts.get("tfidf")),
+                _decide(probs["tuned"], multi, cuts["tuned"]), labels, multi)
+        report["splits"][split] = entry
     report["created_at"] = utcnow().isoformat()
+    _store(job_id, report)
+    return report
+
+
+def _store(job_id: str, report: dict[str, Any]) -> None:
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
         job.comparison = report
-        val = report["splits"].get("validation", {})
-        summary = ", ".join(f"{k} {val['base'][k]:.3f} -> {val['tuned'][k]:.3f}"
-                            for k in list(val.get("tuned", {}))[:2])
-        session.add(JobEvent(job_id=job_id, kind="comparison",
-                             message=f"Base vs tuned on validation: {summary}." if summary
-                             else "Base vs tuned compared.", data=None))
-    return report
+        test = report["splits"].get("test")
+        # One `test` point per job, at the step the model was trained to; recomputing replaces it.
+        session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.kind == "test"))
+        if test is not None:
+            session.add(MetricPoint(job_id=job_id, kind="test", step=job.step, epoch=job.epoch,
+                                    values=test["tuned"]))
+        session.add(JobEvent(job_id=job_id, kind="comparison", message=_summary(report), data=None))
 
 
-def _has_head_for(path: str | Path, labels: list[str]) -> bool:
-    """A tuned model directory whose head already predicts exactly these labels."""
-    meta = store.read_model_meta(Path(path))
-    return bool(meta) and list(meta.get("labels") or []) == labels
+def _summary(report: dict[str, Any]) -> str:
+    split = "validation" if "validation" in report["splits"] else next(iter(report["splits"]), None)
+    if split is None:
+        return "Nothing to compare: the dataset has no validation or test split."
+    metric, figures = report["primary_metric"], report["splits"][split]
+    scored = ", ".join(f"{name} {figures[name][metric]:.3f}" for name in ("tuned", *BASELINE_NAMES)
+                       if name in figures and metric in figures[name])
+    return f"On {split} ({figures['rows']} rows), {metric}: {scored}."
 
 
-def _base_path(session: Any, job: Job) -> str:
-    if job.base_model_id:
-        base = session.get(TunedModel, job.base_model_id)
-        if base is not None:
-            return str(base.path)
-    return store.resolve_base_model(job.base_model)
-
-
-def _load(path: str | Path, labels: list[str], task: str, max_len: int, seed: int,
-          fresh_head: bool) -> LoadedModel:
-    torch.manual_seed(seed)  # the base model's fresh head is the same on every comparison
-    return LoadedModel(Path(path), task=task, num_labels=len(labels), max_seq_length=max_len,
-                       fresh_head_labels=labels if fresh_head else None)
+def _read_split(path: Path, num_labels: int, multi: bool) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(path, columns=["text", "label"]).to_pydict()
+    texts = ["" if t is None else str(t) for t in table["text"]]
+    return texts, targets_matrix(table["label"], num_labels, multi)
 
 
 def _scores(model: LoadedModel, texts: list[str]) -> np.ndarray:
@@ -118,30 +131,26 @@ def _scores(model: LoadedModel, texts: list[str]) -> np.ndarray:
     rows: list[list[float]] = []
     for start in range(0, len(texts), BATCH_SIZE):
         rows.extend(model.forward(model.encode(texts[start:start + BATCH_SIZE])))
-    return np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+    return np.asarray(rows, dtype=np.float64).reshape(len(texts), -1)
 
 
-def _truth(raw: list[Any], num_labels: int, multi: bool) -> np.ndarray:
-    if not multi:
-        return np.asarray(raw, dtype=np.int64)
-    hot = np.zeros((len(raw), num_labels), dtype=np.int64)
-    for row, positives in enumerate(raw):
-        hot[row, list(positives)] = 1
-    return hot
+def _figures(probs: np.ndarray, truth: np.ndarray, labels: list[str], multi: bool,
+             thresholds: list[float] | None) -> dict[str, Any]:
+    figures = (multi_label_metrics(probs, truth, labels, thresholds) if multi
+               else single_label_metrics(probs, truth, labels))
+    figures["loss"] = log_loss(probs, truth, multi)
+    return figures
 
 
-def _decide(scores: np.ndarray, multi: bool, thresholds: np.ndarray) -> np.ndarray:
-    return (scores >= thresholds).astype(np.int64) if multi else scores.argmax(axis=1)
+def _delta(tuned: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    return {k: round(v - other[k], 6) for k, v in tuned.items()
+            if isinstance(v, float) and isinstance(other.get(k), float)}
 
 
-def _figures(truth: np.ndarray, pred: np.ndarray, multi: bool) -> dict[str, float]:
+def _decide(probs: np.ndarray, multi: bool, thresholds: list[float] | None) -> np.ndarray:
     if multi:
-        return {"f1_micro": float(f1_score(truth, pred, average="micro", zero_division=0)),
-                "f1_macro": float(f1_score(truth, pred, average="macro", zero_division=0)),
-                "subset_accuracy": float(accuracy_score(truth, pred))}
-    return {"accuracy": float(accuracy_score(truth, pred)),
-            "f1_macro": float(f1_score(truth, pred, average="macro", zero_division=0)),
-            "f1_weighted": float(f1_score(truth, pred, average="weighted", zero_division=0))}
+        return (probs >= np.asarray(thresholds if thresholds is not None else 0.5)).astype(np.int64)
+    return probs.argmax(axis=1)
 
 
 def _names(row: np.ndarray | np.int64, labels: list[str], multi: bool) -> str | list[str]:
@@ -150,12 +159,12 @@ def _names(row: np.ndarray | np.int64, labels: list[str], multi: bool) -> str | 
     return labels[int(row)]
 
 
-def _changed(texts: list[str], truth: np.ndarray, base: np.ndarray, tuned: np.ndarray,
-             labels: list[str], multi: bool) -> list[dict[str, Any]]:
-    changed = [i for i in range(len(texts)) if not np.array_equal(base[i], tuned[i])]
-    # Fixed mistakes first: those are what a reader wants to see.
-    changed.sort(key=lambda i: not np.array_equal(tuned[i], truth[i]))
+def _disagreements(texts: list[str], truth: np.ndarray, tfidf: np.ndarray, tuned: np.ndarray,
+                   labels: list[str], multi: bool) -> list[dict[str, Any]]:
+    differ = [i for i in range(len(texts)) if not np.array_equal(tfidf[i], tuned[i])]
+    # Where the fine-tune is right and the linear model is not, first: that is what it bought.
+    differ.sort(key=lambda i: not np.array_equal(tuned[i], truth[i]))
     return [{"text": texts[i][:300], "label": _names(truth[i], labels, multi),
-             "base": _names(base[i], labels, multi), "tuned": _names(tuned[i], labels, multi),
+             "tfidf": _names(tfidf[i], labels, multi), "tuned": _names(tuned[i], labels, multi),
              "tuned_correct": bool(np.array_equal(tuned[i], truth[i]))}
-            for i in changed[:EXAMPLES_SHOWN]]
+            for i in differ[:EXAMPLES_SHOWN]]

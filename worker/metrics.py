@@ -14,6 +14,7 @@ from sklearn.metrics import (
     hamming_loss,
     precision_recall_fscore_support,
 )
+from sklearn.metrics import log_loss as sklearn_log_loss
 
 # Candidate decision thresholds for each label of a multi-label model.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
@@ -87,6 +88,19 @@ def multi_label_metrics(probabilities: np.ndarray, targets: np.ndarray, label_na
         },
         "thresholds": {name: float(cut[i]) for i, name in enumerate(label_names)},
     }
+
+
+def log_loss(probabilities: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    """Unweighted mean loss in nats, as the model's loss is defined: cross-entropy over classes
+    (single-label), binary cross-entropy averaged over labels (multi-label)."""
+    probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets)
+    if not multi_label:
+        # A float32 softmax sums to one only within rounding, which log_loss warns about.
+        probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+        return float(sklearn_log_loss(targets, probabilities, labels=list(range(probabilities.shape[1]))))
+    per_label = [sklearn_log_loss(targets[:, j], probabilities[:, j], labels=[0, 1])
+                 for j in range(targets.shape[1])]
+    return float(np.mean(per_label))
 
 
 # Fit diagnosis thresholds. The losses are means per unit (sample or token), in nats.

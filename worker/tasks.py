@@ -97,7 +97,7 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
 
 
 def _compare_quietly(job_id: str, task: str, model_id: str, sink: SqlSink) -> None:
-    """The base-vs-tuned report is part of every job, but a failure to make it must not fail
+    """The task family's comparison is part of every job, but a failure to make it must not fail
     a job whose model is already trained and registered."""
     from worker.families import family_for
 
@@ -105,7 +105,7 @@ def _compare_quietly(job_id: str, task: str, model_id: str, sink: SqlSink) -> No
         family_for(task).compare(job_id, model_id)
     except Exception as exc:
         log.exception("job %s: comparison failed", job_id)
-        sink.event("comparison_failed", f"The base-vs-tuned comparison could not be made ({exc}); "
+        sink.event("comparison_failed", f"The comparison could not be made ({exc}); "
                    f"POST /jobs/{job_id}/compare retries it.")
 
 
@@ -170,7 +170,8 @@ def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
 
 @app.task(name=COMPARE_TASK, acks_late=True)
 def compare(job_id: str) -> None:
-    """Base model vs tuned model on the held-out splits, stored on the job."""
+    """The task family's comparison on the held-out splits (classification: the tuned model beside
+    the majority and TF-IDF baselines), stored on the job."""
     from worker.families import family_for
 
     with session_scope() as session:

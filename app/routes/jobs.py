@@ -198,13 +198,14 @@ def list_job_events(job_id: str, session: SessionDep, principal: PrincipalDep,
 @router.get("/{job_id}/metrics")
 def read_job_metrics(
     job_id: str, session: SessionDep, principal: PrincipalDep,
-    kind: Literal["train", "eval"] | None = None,
+    kind: Literal["train", "eval", "test"] | None = None,
     since_step: int | None = Query(None, ge=0),
 ) -> dict[str, Any]:
-    """Train and eval series, the best and final eval points, and the base-vs-tuned comparison."""
+    """Train and eval series, the final model's test figures, the best and final eval points, and
+    the comparison with the majority and TF-IDF baselines on the same rows."""
     job = _get_job_or_404(session, principal, job_id)
     points = crud.list_metric_points(session, job_id=job_id, kind=kind, since_step=since_step)
-    series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+    series: dict[str, list[dict[str, Any]]] = {"train": [], "eval": [], "test": []}
     for p in points:
         series.setdefault(p.kind, []).append({"step": p.step, "epoch": p.epoch, **p.values})
     metric = job.best_metric_name or "loss"
@@ -233,13 +234,13 @@ def list_job_checkpoints(job_id: str, session: SessionDep, principal: PrincipalD
 
 @router.post("/{job_id}/compare", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
 def compare_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
-    """Recompute the base-vs-tuned comparison of a succeeded job (the result lands in /metrics)."""
+    """Recompute the comparison of a succeeded job with its baselines (the result lands in /metrics)."""
     job = _get_job_or_404(session, principal, job_id)
     if job.state != "succeeded" or not job.model_id:
         raise HTTPException(409, f"Job {job_id} is {job.state}; only a succeeded job has a tuned model "
-                                 "to compare with its base.")
+                                 "to compare with the baselines.")
     crud.add_event(session, job_id=job_id, kind="comparison_requested",
-                   message="Base-vs-tuned comparison queued.")
+                   message="Comparison with the baselines queued.")
     session.commit()
     try:
         enqueue(COMPARE_TASK, job_id)

@@ -54,7 +54,11 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
     assert metrics["summary"]["final"]["step"] == 10
     comparison = metrics["comparison"]
     assert comparison is not None and "validation" in comparison["splits"]
-    assert set(comparison["splits"]["validation"]["tuned"]) >= {"accuracy", "f1_macro"}
+    validation = comparison["splits"]["validation"]
+    assert set(validation["tuned"]) >= {"accuracy", "f1_macro", "per_class", "confusion_matrix"}
+    # The baselines on the same rows; the tuned model's figures are those of its best evaluation.
+    assert {"majority", "tfidf"} <= set(validation) and "base" not in validation
+    assert validation["tuned"]["f1_macro"] == pytest.approx(metrics["summary"]["best"]["f1_macro"], abs=1e-6)
 
     checkpoints = client.get(f"/jobs/{job_id}/checkpoints").json()
     assert {c["step"] for c in checkpoints} >= {5, 10}

@@ -6,7 +6,8 @@ multi_label, chat). A family serves one or more tasks and owns, for them:
     metrics             the evaluation metrics (the catalogue POST /jobs validates against)
     build_training_task the TrainingTask the one loop (worker/loop.py) trains
     model_meta          what a tuned model records beside its files (export and registration)
-    compare             the base-vs-tuned report stored under `comparison` on the job
+    compare             the report stored under `comparison` on the job (classification: the
+                        tuned model beside the majority and TF-IDF baselines on the same rows)
     runtime             how a tuned model is loaded to serve it
 
 Modules here import nothing heavy at import time: the API imports this package for the

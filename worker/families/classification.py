@@ -1,5 +1,6 @@
 """Text classification, single-label and multi-label: worker/classification.py is its
-TrainingTask, worker/compare.py its comparison, app/serving/runtime.py its serving runtime."""
+TrainingTask, worker/compare.py its comparison (with worker/baselines.py: majority and TF-IDF
+baselines on the same rows), app/serving/runtime.py its serving runtime."""
 
 from __future__ import annotations
 
