@@ -88,7 +88,7 @@ def main() -> None:
         for split, figures in (metrics["comparison"] or {}).get("splits", {}).items():
             print(f"{split} ({figures['rows']} rows): " + "; ".join(
                 f"{name} accuracy {figures[name]['accuracy']:.4f} f1_macro {figures[name]['f1_macro']:.4f}"
-                for name in ("tuned", "tfidf", "majority") if name in figures and "accuracy" in figures[name]))
+                for name in ("tuned", "tfidf", "majority") if "accuracy" in figures.get(name, {})))
         if args.predict:
             pred = http.post("/predict", json={"model_id": job["model_id"], "texts": args.predict}).json()
             print(json.dumps(pred, ensure_ascii=False, indent=2))
