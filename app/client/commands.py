@@ -334,7 +334,7 @@ def delete_job(ctx: typer.Context, job_id: str) -> None:
 
 
 def metrics(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
-    """A job's eval points, best and final, the last train loss and the base-vs-tuned comparison."""
+    """A job's eval points, best and final, the last train loss and the comparison with baselines."""
     body = _api(ctx).get(f"/jobs/{job_id}/metrics")
     if json_:
         return out.print_json(console, body)

@@ -92,11 +92,18 @@ def eval_table(title: str, points: list[dict[str, Any]]) -> Table:
 
 
 def comparison_table(comparison: dict[str, Any] | None) -> Table | None:
+    """One row per split and metric, one column per side the comparison scored: `tuned` and the
+    `tfidf` and `majority` baselines for classification (any other family's sides as they come)."""
     splits = (comparison or {}).get("splits") or {}
+    sides: list[str] = []
+    for figures in splits.values():
+        sides += [k for k, v in figures.items()
+                  if isinstance(v, dict) and not k.startswith("delta") and k not in sides]
     rows = []
     for split, figures in splits.items():
-        base, tuned = figures.get("base") or {}, figures.get("tuned") or {}
+        tuned = figures.get("tuned") or {}
         for metric in tuned:
             if isinstance(tuned[metric], int | float):
-                rows.append([split, metric, base.get(metric), tuned[metric]])
-    return table("base vs tuned", ["split", "metric", "base", "tuned"], rows) if rows else None
+                rows.append([split, metric, *((figures.get(side) or {}).get(metric) for side in sides)])
+    title = "tuned vs baselines" if "tfidf" in sides else " vs ".join(sides)
+    return table(title, ["split", "metric", *sides], rows) if rows else None

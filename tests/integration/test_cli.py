@@ -90,7 +90,7 @@ def test_a_seed_config_ini_fine_tune_runs_from_the_cli_and_is_watched_live(finis
     for kind in ("claimed", "batch_probe", "started", "model_ready", "succeeded"):
         assert f" {kind} " in text, kind
     assert text.count("eval at step") == 3, text
-    assert "f1_macro" in text and "base vs tuned" in text
+    assert "f1_macro" in text and "tuned vs baselines" in text and "tfidf" in text
     # The job is what the config asked for.
     assert job["state"] == "succeeded" and job["model_id"] in text
     hp = job["hyperparameters"]
