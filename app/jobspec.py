@@ -7,15 +7,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Step counts are stored in 32-bit SQL integers; numpy and torch take 32-bit seeds.
+MAX_INT32 = 2**31 - 1
+MAX_SEED = 2**32 - 1
+
 
 class Hyperparameters(BaseModel):
     """Every field is optional; the defaults follow the seed scripts users already run."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity are valid JSON to Python's parser, but no learning rate or ratio.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: float = Field(3.0, gt=0, le=100, description="Passes over the training split.")
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (overrides epochs when set)."
+        None, ge=1, le=MAX_INT32,
+        description="Stop after this many optimizer steps (overrides epochs when set).",
     )
     learning_rate: float = Field(2e-5, gt=0, le=1.0)
     batch_size: int = Field(
@@ -32,16 +38,23 @@ class Hyperparameters(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off.")
-    seed: int = 42
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, le=1e6, description="Gradient clipping; null turns it off."
+    )
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     eval_strategy: Literal["epoch", "steps"] = "epoch"
-    eval_steps: int | None = Field(None, ge=1, description="eval_strategy=steps: evaluate every N steps.")
-    logging_steps: int = Field(10, ge=1, description="Record a train metric point every N optimizer steps.")
+    eval_steps: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="eval_strategy=steps: evaluate every N steps."
+    )
+    logging_steps: int = Field(
+        10, ge=1, le=MAX_INT32, description="Record a train metric point every N optimizer steps."
+    )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement."
+        None, ge=1, le=10_000, description="Stop after this many evaluations without improvement."
     )
     metric_for_best_model: str = Field(
-        "f1_macro", description="Eval metric that picks the best checkpoint (loss: lower is better)."
+        "f1_macro", max_length=64,
+        description="Eval metric that picks the best checkpoint (loss: lower is better).",
     )
     load_best_model_at_end: bool = True
     class_weights: Literal["off", "auto"] = Field(

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.errors import install_error_handlers
+from app.limits import RequestBodyLimit
 from app.routes import datasets, events, health, jobs, models, predict
 from app.serving.predictor import Predictor
 from app.settings import Settings, get_settings
@@ -48,6 +50,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
     for module in (health, datasets, jobs, events, models, predict):
         app.include_router(module.router)
+    app.add_middleware(RequestBodyLimit)
+    install_error_handlers(app)
     return app
 
 

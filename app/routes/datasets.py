@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,7 @@ from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
 from app.ingest.upload import SavedUpload, save_upload
 from app.models import Dataset, new_id
+from app.schemas.common import DatasetIdPath, Limit, Offset, errors, reject_unstorable
 from app.schemas.datasets import DatasetDetail, DatasetPublic, DatasetsPublic
 from app.settings import Settings, get_settings
 
@@ -66,21 +67,34 @@ class UploadLimitRoute(APIRoute):
 
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute,
-                   dependencies=[Authenticated])
+                   dependencies=[Authenticated], responses=errors(400, 401, 404, 409, 413, 422))
 
 FileField = Annotated[UploadFile | None, File()]
-NameField = Annotated[str | None, Form(description="Defaults to the file name.")]
-TaskField = Annotated[str | None, Form(description="single_label, multi_label or chat; inferred if absent.")]
-TextColumnField = Annotated[str | None, Form(description="Inferred if absent.")]
-LabelColumnField = Annotated[
-    str | None, Form(description="One column, or several comma-separated 0/1 columns (one per label).")
-]
-SplitField = Annotated[str | None, Form(description="Fraction held out when no validation_file; 0.2.")]
-SeedField = Annotated[str | None, Form(description="Seed of the validation split; 42.")]
+# Form fields are bounded like JSON fields: column names and labels end up in SQL rows.
+NameField = Annotated[str | None, Form(max_length=255, description="Defaults to the file name.")]
+TaskField = Annotated[str | None, Form(max_length=32,
+                                       description="single_label, multi_label or chat; inferred if absent.")]
+TextColumnField = Annotated[str | None, Form(max_length=1000, description="Inferred if absent.")]
+LabelColumnField = Annotated[str | None, Form(
+    max_length=10_000, description="One column, or several comma-separated 0/1 columns (one per label).")]
+SplitField = Annotated[str | None, Form(max_length=32,
+                                        description="Fraction held out when no validation_file; 0.2.")]
+SeedField = Annotated[str | None, Form(max_length=32, description="Seed of the validation split; 42.")]
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 
 
 def _blank_to_none(value: str | None) -> str | None:
     return value.strip() if value and value.strip() else None
+
+
+def _check_text_fields(**fields: str | None) -> None:
+    for field_name, value in fields.items():
+        if value is None:
+            continue
+        try:
+            reject_unstorable(value)
+        except ValueError as e:
+            raise HTTPException(422, f"form field {field_name} {e}") from e
 
 
 def _options(task: str | None, text_column: str | None, label_column: str | None,
@@ -101,8 +115,10 @@ def _options(task: str | None, text_column: str | None, label_column: str | None
         )
     try:
         seed_value = int(seed_text) if seed_text else 42
-    except ValueError as e:
-        raise HTTPException(422, f"seed must be an integer, e.g. 42; got {seed!r}") from e
+    except ValueError:
+        seed_value = -1
+    if not 0 <= seed_value <= MAX_SEED:
+        raise HTTPException(422, f"seed must be an integer from 0 to {MAX_SEED}, e.g. 42; got {seed!r}")
     labels = [c.strip() for c in (label_column or "").split(",") if c.strip()]
     return IngestOptions(task=task, text_column=_blank_to_none(text_column), label_columns=labels,
                          validation_split=fraction, seed=seed_value)
@@ -148,6 +164,8 @@ async def create_dataset(
     """Upload labelled data; the response says what was understood and what is wrong with it."""
     if file is None:
         raise HTTPException(422, "no training data: send the file as the multipart form field 'file'")
+    _check_text_fields(name=name, task=task, text_column=text_column, label_column=label_column,
+                       validation_split=validation_split, seed=seed)
     options = _options(task, text_column, label_column, validation_split, seed)
     notes = []
     if validation_file is not None and _blank_to_none(validation_split) is not None:
@@ -209,8 +227,8 @@ def _row_values(session: SessionDep, *, dataset_id: str, directory: Path, result
 def list_datasets(
     session: SessionDep,
     principal: PrincipalDep,
-    skip: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    skip: Offset = 0,
+    limit: Limit = 100,
 ) -> DatasetsPublic:
     """List datasets, newest first."""
     rows, count = crud.list_datasets(session, principal=principal, limit=limit, offset=skip)
@@ -225,7 +243,7 @@ def _get_or_404(session: SessionDep, principal: Principal, dataset_id: str) -> D
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
-def read_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep,
+def read_dataset(dataset_id: DatasetIdPath, session: SessionDep, settings: SettingsDep,
                  principal: PrincipalDep) -> DatasetDetail:
     """One dataset with its report and a preview of its first training rows."""
     dataset = _get_or_404(session, principal, dataset_id)
@@ -235,7 +253,7 @@ def read_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep,
 
 
 @router.delete("/{dataset_id}", status_code=204, response_model=None)
-def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep,
+def delete_dataset(dataset_id: DatasetIdPath, session: SessionDep, settings: SettingsDep,
                    principal: PrincipalDep) -> Response:
     """Delete a dataset and its files, unless a job uses it."""
     dataset = _get_or_404(session, principal, dataset_id)

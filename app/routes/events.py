@@ -31,9 +31,11 @@ from app.crud import jobs as crud
 from app.db import new_session
 from app.deps import Authenticated, PrincipalDep
 from app.models import JobEvent, MetricPoint
+from app.schemas.common import MAX_INT32, JobIdPath, errors
 from app.schemas.jobs import JobEventPublic, JobPublic
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
+                   responses=errors(400, 401, 404, 422))
 
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 # How often the stream looks for new rows: the worker writes progress at most once a second.
@@ -45,7 +47,7 @@ PROGRESS_FIELDS = ("state", "progress", "epoch", "step", "total_steps", "eta_s",
                    "grad_accum_steps", "best_metric_name", "best_metric", "error", "model_id")
 
 
-def _existing_job_id(job_id: str, principal: PrincipalDep) -> str:
+def _existing_job_id(job_id: JobIdPath, principal: PrincipalDep) -> str:
     """404 before the stream starts (once it has, the status line is sent); another key's job is
     as missing as one that does not exist."""
     with new_session() as session:
@@ -63,6 +65,8 @@ def parse_cursor(last_event_id: Annotated[str | None, Header()] = None) -> tuple
     try:
         event_id = max(0, int(head))
         point_id = max(0, int(tail)) if tail else None
+        if max(event_id, point_id or 0) > MAX_INT32:  # no row has such an id; SQL would overflow
+            raise ValueError(last_event_id)
     except ValueError:
         raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an id this stream sent; "
                                  "it sends '<event id>' or '<event id>:<point id>'.") from None

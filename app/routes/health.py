@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from app.deps import SessionDep
 from app.queue import broker_reachable
+from app.schemas.common import errors
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +19,7 @@ def read_healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=errors(503))
 def read_readyz(session: SessionDep) -> dict[str, str] | JSONResponse:
     """The database and the broker are reachable; 503 with the reason otherwise."""
     problems: dict[str, str] = {}

@@ -16,6 +16,7 @@ from app.crud import jobs as crud
 from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
 from app.models import Dataset, Job, TunedModel
 from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
+from app.schemas.common import MAX_INT32, IdQuery, JobIdPath, Limit, Offset, errors
 from app.schemas.jobs import (
     CheckpointPublic,
     JobCreate,
@@ -27,7 +28,8 @@ from app.settings import Settings
 from worker.families import FAMILIES, TRAINABLE_TASKS
 
 log = logging.getLogger("tuneserve.api.jobs")
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
+                   responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -154,9 +156,9 @@ def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-    dataset_id: str | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    dataset_id: IdQuery = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> JobsPublic:
     """List jobs, newest first."""
     rows, count = crud.list_jobs(session, principal=principal, state=state, dataset_id=dataset_id,
@@ -165,13 +167,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
+def read_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> Job:
     """One job: state, progress, step/total, ETA, micro-batch, accumulation, best metric, error."""
     return _get_job_or_404(session, principal, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
+def cancel_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> Job:
     """Cancel a job: at once when queued, within one optimizer step when running."""
     job = _get_job_or_404(session, principal, job_id)
     if crud.cancel_queued(session, job_id=job_id):
@@ -188,8 +190,8 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])
-def list_job_events(job_id: str, session: SessionDep, principal: PrincipalDep,
-                    since_id: int = Query(0, ge=0)) -> list[Any]:
+def list_job_events(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep,
+                    since_id: int = Query(0, ge=0, le=MAX_INT32)) -> list[Any]:
     """The job's event log, oldest first (`since_id` returns only newer events)."""
     _get_job_or_404(session, principal, job_id)
     return list(crud.list_events(session, job_id=job_id, since_id=since_id))
@@ -197,9 +199,9 @@ def list_job_events(job_id: str, session: SessionDep, principal: PrincipalDep,
 
 @router.get("/{job_id}/metrics")
 def read_job_metrics(
-    job_id: str, session: SessionDep, principal: PrincipalDep,
+    job_id: JobIdPath, session: SessionDep, principal: PrincipalDep,
     kind: Literal["train", "eval", "test"] | None = None,
-    since_step: int | None = Query(None, ge=0),
+    since_step: int | None = Query(None, ge=0, le=MAX_INT32),
 ) -> dict[str, Any]:
     """Train and eval series, the final model's test figures, the best and final eval points, and
     the comparison with the majority and TF-IDF baselines on the same rows."""
@@ -226,14 +228,14 @@ def _summary(evals: list[dict[str, Any]], metric: str, greater_is_better: bool) 
 
 
 @router.get("/{job_id}/checkpoints", response_model=list[CheckpointPublic])
-def list_job_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep) -> list[Any]:
+def list_job_checkpoints(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> list[Any]:
     """Checkpoints with their eval metrics; `available` is false once pruned from disk."""
     _get_job_or_404(session, principal, job_id)
     return list(crud.list_checkpoints(session, job_id=job_id))
 
 
 @router.post("/{job_id}/compare", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
-def compare_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
+def compare_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> Job:
     """Recompute the comparison of a succeeded job with its baselines (the result lands in /metrics)."""
     job = _get_job_or_404(session, principal, job_id)
     if job.state != "succeeded" or not job.model_id:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,11 +15,13 @@ from app.auth import Principal
 from app.crud import models as crud
 from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
 from app.models import TunedModel
+from app.schemas.common import Limit, ModelIdPath, Offset, errors
 from app.schemas.models import ModelPublic, ModelsPublic
 from app.serving.export import iter_targz
 from app.settings import Settings
 
-router = APIRouter(prefix="/models", tags=["models"], dependencies=[Authenticated])
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[Authenticated],
+                   responses=errors(401, 404, 409, 422))
 log = logging.getLogger("tuneserve.api")
 
 
@@ -33,7 +35,7 @@ def _get_or_404(session: Any, principal: Principal, model_id: str) -> TunedModel
 @router.get("", response_model=ModelsPublic)
 def list_models(
     session: SessionDep, principal: PrincipalDep,
-    skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+    skip: Offset = 0, limit: Limit = 100,
 ) -> Any:
     """Tuned models, newest first."""
     rows, count = crud.list_models(session=session, principal=principal, skip=skip, limit=limit)
@@ -41,7 +43,7 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
-def read_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> Any:
+def read_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalDep) -> Any:
     """One tuned model: source job, base model, task, labels, thresholds, metrics, size."""
     return _get_or_404(session, principal, model_id)
 
@@ -56,7 +58,7 @@ def _owned_dir(settings: Settings, path: str) -> Path | None:
 
 @router.delete("/{model_id}", status_code=204, response_class=Response)
 async def delete_model(
-    model_id: str, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
+    model_id: ModelIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
     principal: PrincipalDep,
 ) -> Response:
     """Delete a tuned model (row, files, loaded copy); 409 while a job trains from it."""
@@ -85,7 +87,7 @@ async def delete_model(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/gzip": {}}, "description": "A tar.gz of the model directory."}},
 )
-def download_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> StreamingResponse:
+def download_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalDep) -> StreamingResponse:
     """The model as a tar.gz of a Hugging Face directory (transformers.pipeline loads it)."""
     model = _get_or_404(session, principal, model_id)
     directory = Path(model.path)

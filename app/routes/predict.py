@@ -13,12 +13,14 @@ from app.auth import Principal
 from app.crud import models as crud
 from app.db import new_session
 from app.deps import Authenticated, PredictorDep, PrincipalDep
+from app.schemas.common import errors
 from app.schemas.predict import PredictRequest, PredictResponse
 from app.serving import ModelLoadError, ModelSpec, QueueFull, decode_multi_label, decode_single_label
 from app.serving.batching import BatcherClosed
 from app.settings import Settings
 
-router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[Authenticated])
+router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[Authenticated],
+                   responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
 
 def _check_limits(predict_in: PredictRequest, settings: Settings) -> None:
@@ -58,7 +60,6 @@ def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
 @router.post(
     "",
     response_model=PredictResponse,
-    responses={429: {"description": "The prediction queue is full; retry after Retry-After seconds."}},
 )
 async def create_prediction(
     predict_in: PredictRequest, predictor: PredictorDep, principal: PrincipalDep

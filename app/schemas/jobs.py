@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobspec import Hyperparameters
+from app.schemas.common import CleanStr, Id
 
 __all__ = ["Hyperparameters", "JobCreate", "JobPublic", "JobsPublic", "JobEventPublic", "CheckpointPublic"]
 
@@ -16,11 +17,12 @@ JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset_id: str
-    base_model: str | None = Field(
-        None, description="Hub name, local directory or a tuned model's id; default: the bundled MiniLM."
+    dataset_id: Id
+    base_model: CleanStr | None = Field(
+        None, min_length=1, max_length=1024,
+        description="Hub name, local directory or a tuned model's id; default: the bundled MiniLM.",
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import MAX_INT32, CleanStr, Id
+
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-    model_id: str
-    texts: list[str] = Field(description="Texts to classify; the answer keeps their order.")
+    model_id: Id
+    texts: list[CleanStr] = Field(description="Texts to classify; the answer keeps their order.")
     top_k: int | None = Field(
-        None, ge=1, description="Return only the k best scores per text (highest first)."
+        None, ge=1, le=MAX_INT32, description="Return only the k best scores per text (highest first)."
     )
     threshold: float | None = Field(
         None, ge=0, le=1,

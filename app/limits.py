@@ -1,0 +1,71 @@
+"""The request-body limit for JSON routes: a body past TUNESERVE_MAX_REQUEST_BODY_MB is answered
+413 before any route parses it. Dataset uploads have their own, larger limit, enforced while
+they stream (app/routes/datasets.py)."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.settings import get_settings
+
+# Streamed and limited by their own route class, at max_upload_mb.
+EXEMPT_PREFIXES = ("/datasets",)
+
+
+class RequestBodyLimit:
+    """Pure ASGI, so it sees the bytes as they arrive: the Content-Length a client declares and
+    the bytes it really sends (a chunked body has no Content-Length) are both held to the limit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") \
+                or scope["path"].startswith(EXEMPT_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        limit_mb = get_settings().max_request_body_mb
+        limit = limit_mb * 1024 * 1024
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit_mb)
+            return
+        # The route reads the whole body before it runs anyway; reading it here first lets an
+        # oversized body be refused with a response rather than a dropped connection.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _too_large(send, limit_mb)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Send, limit_mb: int) -> None:
+    detail = (f"the request body is larger than {limit_mb} MB (TUNESERVE_MAX_REQUEST_BODY_MB); send less "
+              "per request (for /predict: fewer texts per request)")
+    payload = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
