@@ -5,6 +5,7 @@ fail to encode (a 500 in place of the 422)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,5 +35,26 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": _safe(jsonable_encoder(exc.errors()))})
 
 
+def _errors_as_json(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents a route's declared error bodies in the route's own media type; an
+    event-stream or tar.gz route answers its errors in JSON all the same, so say that."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        for path in document.get("paths", {}).values():
+            for operation in path.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status[0] in "45" and content and "application/json" not in content:
+                        response["content"] = {"application/json": next(iter(content.values()))}
+        return document
+
+    return openapi
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.openapi = _errors_as_json(app)  # type: ignore[method-assign]
