@@ -31,8 +31,8 @@ from tests.conftest import PG_URL, configure, make_tiny_classifier
 
 pytestmark = pytest.mark.slow
 
-# Per operation and kind of data; ~20 operations x 3 kinds x 10 examples is ~1 minute on 2 cores.
-MAX_EXAMPLES = 10
+# Per operation and kind of data: ~25 operations x 3 kinds x 30 examples, ~15 s on 2 cores.
+MAX_EXAMPLES = 30
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
