@@ -13,6 +13,7 @@ from app.limits import RequestBodyLimit
 from app.routes import datasets, events, health, jobs, models, predict
 from app.serving.predictor import Predictor
 from app.settings import Settings, get_settings
+from app.telemetry import RequestMetrics
 
 log = logging.getLogger("tuneserve.api")
 
@@ -51,6 +52,8 @@ def create_app() -> FastAPI:
     for module in (health, datasets, jobs, events, models, predict):
         app.include_router(module.router)
     app.add_middleware(RequestBodyLimit)
+    # Added last, so it runs first: it sees the 413s and 401s the others answer too.
+    app.add_middleware(RequestMetrics)
     install_error_handlers(app)
     return app
 

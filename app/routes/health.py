@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from app.deps import SessionDep
@@ -33,3 +34,11 @@ def read_readyz(session: SessionDep) -> dict[str, str] | JSONResponse:
     if problems:
         return JSONResponse(status_code=503, content={"detail": problems})
     return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
+def read_metrics() -> PlainTextResponse:
+    """Prometheus metrics: requests, latency, jobs by state, queue depth, training and /predict
+    figures, model cache, disk used by jobs. No key needed: figures only, no ids or names."""
+    return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

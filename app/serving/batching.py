@@ -18,6 +18,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.telemetry import PREDICT_BATCH_SIZE, PREDICT_QUEUE_WAIT
+
 log = logging.getLogger("tuneserve.serving")
 
 ItemT = TypeVar("ItemT")
@@ -50,6 +52,7 @@ class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     tokens: int
     future: asyncio.Future[ResultT]
+    queued_at: float  # perf_counter() at submit: the queue wait /metrics reports
 
 
 class BatcherClosed(RuntimeError):
@@ -98,7 +101,7 @@ class Batcher(Generic[ItemT, ResultT]):
         futures: list[asyncio.Future[ResultT]] = []
         for item, n_tokens in zip(items, tokens, strict=True):
             future: asyncio.Future[ResultT] = loop.create_future()
-            self._queue.append(_Pending(item, n_tokens, future))
+            self._queue.append(_Pending(item, n_tokens, future, time.perf_counter()))
             futures.append(future)
         self._wakeup.set()
         return futures
@@ -164,6 +167,9 @@ class Batcher(Generic[ItemT, ResultT]):
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[ItemT, ResultT]]) -> None:
         started = time.perf_counter()
+        PREDICT_BATCH_SIZE.observe(len(batch))
+        for p in batch:
+            PREDICT_QUEUE_WAIT.observe(started - p.queued_at)
         try:
             results = await loop.run_in_executor(self._executor, self._run_batch, [p.item for p in batch])
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from app.serving.batching import Batcher
 from app.serving.cache import MemoryLRU
 from app.settings import Settings
+from app.telemetry import MODEL_CACHE
 
 if TYPE_CHECKING:
     from app.serving.runtime import Encoded, LoadedModel
@@ -152,6 +153,7 @@ class Predictor:
 
     async def _get(self, spec: ModelSpec) -> _Entry:
         entry = self._cache.get(spec.model_id)
+        MODEL_CACHE.labels("hit" if entry is not None else "miss").inc()
         if entry is not None:
             return entry
         loading = self._loading.get(spec.model_id)
