@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
-from app.routes import datasets, events, health, jobs, models, predict
+from app.routes import datasets, events, experiments, health, jobs, models, predict
 from app.serving.predictor import Predictor
 from app.settings import Settings, get_settings
 from app.telemetry import RequestMetrics
@@ -49,7 +49,7 @@ def _sweep_orphans(settings: Settings) -> None:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    for module in (health, datasets, jobs, events, models, predict):
+    for module in (health, datasets, jobs, events, models, predict, experiments):
         app.include_router(module.router)
     app.add_middleware(RequestBodyLimit)
     # Added last, so it runs first: it sees the 413s and 401s the others answer too.

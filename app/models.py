@@ -62,6 +62,8 @@ class Job(Base):
     base_model: Mapped[str] = mapped_column(Text)
     # The model row this job continues from, when base_model named a tuned model.
     base_model_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # The experiment this job is one model of (POST /experiments); None for a job on its own.
+    experiment_id: Mapped[str | None] = mapped_column(String(40), index=True)
     task: Mapped[str] = mapped_column(String(32))
     # queued -> running -> succeeded | failed | cancelled
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
@@ -161,3 +163,29 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Experiment(Base):
+    """Several base models fine-tuned on one dataset with the same hyperparameters and seed:
+    one job each (Job.experiment_id), compared in a leaderboard beside the baselines.
+
+    No foreign keys: the jobs are found by experiment_id and deleted through the job deletion
+    path, and the dataset may be deleted once the jobs are done (their figures stay)."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("exp"))
+    tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    dataset_id: Mapped[str] = mapped_column(String(40), index=True)
+    task: Mapped[str] = mapped_column(String(32))
+    base_models: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # The job of each base model, in the same order (a job records its base model resolved: a
+    # local directory as an absolute path).
+    job_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What the leaderboard ranks by and the recommendation names (the jobs' metric_for_best_model).
+    primary_metric: Mapped[str] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

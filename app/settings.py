@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     # Queued + running jobs per key; past this POST /jobs answers 429 until one ends, so one
     # caller cannot fill the queue ahead of everyone else.
     max_active_jobs_per_key: int = Field(default=8, ge=1)
+    # Base models in one experiment (one job each): a leaderboard is read side by side, and each
+    # model is a full fine-tune on the shared workers.
+    max_experiment_models: int = Field(default=8, ge=1)
     # Run a model repository's own Python code (transformers' trust_remote_code). Off: a hub
     # name then only loads architectures transformers ships, and no downloaded code runs.
     trust_remote_code: bool = False

@@ -41,7 +41,7 @@ def _get_job_or_404(session: SessionDep, principal: Principal, job_id: str) -> J
     return job
 
 
-def _resolve_base_model(session: SessionDep, settings: Settings, principal: Principal,
+def resolve_base_model(session: SessionDep, settings: Settings, principal: Principal,
                         name: str | None) -> tuple[str, str | None]:
     """(base_model as recorded, tuned model id when it names one). 422 when it cannot work."""
     if not name:
@@ -125,7 +125,7 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
     if hp.metric_for_best_model not in allowed:
         raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "
                                  f"{dataset.task} jobs; choose one of {sorted(allowed)}.")
-    base_model, base_model_id = _resolve_base_model(session, settings, principal, job_in.base_model)
+    base_model, base_model_id = resolve_base_model(session, settings, principal, job_in.base_model)
     active = crud.count_active_jobs(session, tenant_id=principal.tenant_id)
     if active >= settings.max_active_jobs_per_key:
         raise HTTPException(429, f"this key has {active} queued or running jobs; the limit is "

@@ -32,6 +32,7 @@ class JobPublic(BaseModel):
 
     id: str
     dataset_id: str
+    experiment_id: str | None = None
     base_model: str
     task: str
     state: JobState

@@ -1,0 +1,215 @@
+"""The /experiments resource: several base models fine-tuned on one dataset, one job each, and a
+leaderboard beside the majority and TF-IDF baselines that names the model to use."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app import leaderboard as board
+from app.auth import Principal
+from app.crud import experiments as crud
+from app.crud import jobs as jobs_crud
+from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
+from app.jobspec import Hyperparameters
+from app.models import Dataset, Experiment, Job
+from app.queue import TRAIN_TASK, enqueue
+from app.routes.jobs import resolve_base_model
+from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentsPublic
+from worker.families import FAMILIES, TRAINABLE_TASKS
+
+log = logging.getLogger("tuneserve.api.experiments")
+router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Authenticated])
+
+# Every model sees the same data order and head initialisation: the comparison is of models.
+SHARED_ONLY = {"seed"}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such experiment (or another key's)."}}
+
+
+def _get_experiment_or_404(session: Session, principal: Principal, experiment_id: str) -> Experiment:
+    experiment = principal.visible(crud.get_experiment(session, experiment_id=experiment_id))
+    if experiment is None:
+        raise HTTPException(404, f"No experiment with id {experiment_id!r}; GET /experiments lists them.")
+    return experiment
+
+
+def _hyperparameters_per_model(experiment_in: ExperimentCreate) -> dict[str, Hyperparameters]:
+    """The shared hyperparameters with each model's overrides on top; 422 names what is wrong."""
+    unknown = sorted(set(experiment_in.overrides) - set(experiment_in.base_models))
+    if unknown:
+        raise HTTPException(422, f"overrides name {unknown}, which are not in base_models "
+                                 f"{experiment_in.base_models}; key each override by a base model as listed.")
+    shared = experiment_in.hyperparameters.model_dump(mode="json", exclude_unset=True)
+    out: dict[str, Hyperparameters] = {}
+    for name in experiment_in.base_models:
+        override = experiment_in.overrides.get(name, {})
+        fixed = sorted(SHARED_ONLY & set(override))
+        if fixed:
+            raise HTTPException(422, f"overrides[{name!r}] sets {fixed}: every model of an experiment "
+                                     "uses the same seed, so that they see the same data order. Set it in "
+                                     "hyperparameters.")
+        try:
+            out[name] = Hyperparameters.model_validate({**shared, **override})
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'hyperparameters'}: {e['msg']}"
+                                 for e in error.errors())
+            raise HTTPException(422, f"overrides[{name!r}]: {problems}") from error
+    return out
+
+
+@router.post("", response_model=ExperimentPublic, status_code=status.HTTP_201_CREATED, responses={
+    404: {"description": "No such dataset."},
+    422: {"description": "A base model, override or hyperparameter that cannot work, named in the detail."},
+    429: {"description": "The key's queued and running jobs would pass TUNESERVE_MAX_ACTIVE_JOBS_PER_KEY."},
+    503: {"description": "The broker did not answer; jobs it did not take are marked failed."}})
+def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, settings: SettingsDep,
+                      principal: PrincipalDep) -> ExperimentPublic:
+    """Fine-tune several base models on one dataset: one queued job each, same split and seed."""
+    dataset = principal.visible(session.get(Dataset, experiment_in.dataset_id))
+    if dataset is None:
+        raise HTTPException(404, f"No dataset with id {experiment_in.dataset_id!r}; upload one with "
+                                 "POST /datasets.")
+    if dataset.task not in TRAINABLE_TASKS:
+        raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset; experiments train "
+                                 f"{' and '.join(sorted(TRAINABLE_TASKS))} models.")
+    names = [name.strip() for name in experiment_in.base_models]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise HTTPException(422, f"base_models lists {duplicates} more than once; each model trains once "
+                                 "per experiment (vary hyperparameters in another experiment).")
+    if len(names) > settings.max_experiment_models:
+        raise HTTPException(422, f"{len(names)} base models; an experiment takes at most "
+                                 f"{settings.max_experiment_models} (TUNESERVE_MAX_EXPERIMENT_MODELS).")
+    experiment_in.base_models = names
+    per_model = _hyperparameters_per_model(experiment_in)
+    family = FAMILIES[dataset.task]
+    allowed = family.metric_names(dataset.task)
+    for name, hp in per_model.items():
+        if hp.metric_for_best_model not in allowed:
+            raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} (for {name!r}) "
+                                     f"does not exist for {dataset.task} jobs; choose one of "
+                                     f"{sorted(allowed)}.")
+    resolved = {name: resolve_base_model(session, settings, principal, name) for name in names}
+    active = jobs_crud.count_active_jobs(session, tenant_id=principal.tenant_id)
+    if active + len(names) > settings.max_active_jobs_per_key:
+        raise HTTPException(429, f"this key has {active} queued or running jobs and the experiment adds "
+                                 f"{len(names)}; the limit is {settings.max_active_jobs_per_key} "
+                                 "(TUNESERVE_MAX_ACTIVE_JOBS_PER_KEY): wait for jobs to finish, then retry",
+                            headers={"Retry-After": "60"})
+
+    experiment = crud.create_experiment(session, values={
+        "tenant_id": principal.tenant_id, "name": experiment_in.name, "dataset_id": dataset.id,
+        "task": dataset.task, "base_models": names,
+        "hyperparameters": experiment_in.hyperparameters.model_dump(mode="json"),
+        "overrides": experiment_in.overrides,
+        "primary_metric": experiment_in.hyperparameters.metric_for_best_model,
+    })
+    jobs: list[Job] = []
+    for name in names:
+        base_model, base_model_id = resolved[name]
+        hp = per_model[name]
+        jobs.append(jobs_crud.create_job(session, values={
+            "dataset_id": dataset.id, "tenant_id": principal.tenant_id, "base_model": base_model,
+            "base_model_id": base_model_id, "task": dataset.task, "experiment_id": experiment.id,
+            "best_metric_name": hp.metric_for_best_model, "hyperparameters": hp.model_dump(mode="json"),
+        }))
+    experiment.job_ids = [job.id for job in jobs]
+    session.commit()
+    _enqueue_all(session, experiment, jobs)
+    return _public(session, experiment, detailed=True)
+
+
+def _enqueue_all(session: Session, experiment: Experiment, jobs: list[Job]) -> None:
+    """After the commit, as POST /jobs does; if the broker stops answering, the jobs it did not
+    take are marked failed, and the ones it took run."""
+    for i, job in enumerate(jobs):
+        try:
+            enqueue(TRAIN_TASK, job.id)
+        except Exception as exc:
+            log.exception("could not enqueue job %s of experiment %s", job.id, experiment.id)
+            for lost in jobs[i:]:
+                jobs_crud.mark_failed(session, job_id=lost.id, error="The job could not be queued: the "
+                                      f"broker did not answer ({type(exc).__name__}). Check GET /readyz.")
+            session.commit()
+            raise HTTPException(503, f"The broker did not answer, so {len(jobs) - i} of the experiment's "
+                                     f"jobs could not be queued; they are marked failed (experiment "
+                                     f"{experiment.id}). Check GET /readyz, then delete the experiment and "
+                                     "create it again.") from exc
+
+
+def _public(session: Session, experiment: Experiment, *, detailed: bool,
+            jobs: list[Job] | None = None) -> ExperimentPublic:
+    if jobs is None:
+        jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
+    family = FAMILIES.get(experiment.task)
+    metric = experiment.primary_metric
+    greater = family.greater_is_better(metric) if family is not None else metric != "loss"
+    state = board.state_of(experiment, jobs)
+    out: dict[str, Any] = {
+        "id": experiment.id, "name": experiment.name, "dataset_id": experiment.dataset_id,
+        "task": experiment.task, "state": state, "progress": board.progress_of(jobs),
+        "base_models": experiment.base_models, "hyperparameters": experiment.hyperparameters,
+        "overrides": experiment.overrides, "primary_metric": metric, "greater_is_better": greater,
+        "created_at": experiment.created_at, "jobs": board.job_rows(experiment, jobs),
+    }
+    if detailed:
+        ids = [job.id for job in jobs]
+        rows, baselines = board.leaderboard(
+            experiment, jobs, crud.metric_points_of(session, job_ids=ids),
+            crud.training_events_of(session, job_ids=ids), greater)
+        final = state not in board.ACTIVE_STATES
+        out.update(leaderboard=rows, baselines=baselines,
+                   recommendation=board.recommend(rows, metric, greater, final))
+    return ExperimentPublic.model_validate(out)
+
+
+@router.get("", response_model=ExperimentsPublic)
+def list_experiments(
+    session: SessionDep, principal: PrincipalDep, dataset_id: str | None = None,
+    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+) -> ExperimentsPublic:
+    """List experiments, newest first, with each job's state (GET one for its leaderboard)."""
+    rows, count = crud.list_experiments(session, principal=principal, dataset_id=dataset_id,
+                                        limit=limit, offset=offset)
+    jobs = crud.jobs_of(session, experiments=rows)
+    return ExperimentsPublic(data=[_public(session, e, detailed=False, jobs=jobs[e.id]) for e in rows],
+                             count=count)
+
+
+@router.get("/{experiment_id}", response_model=ExperimentPublic, responses=NOT_FOUND)
+def read_experiment(experiment_id: str, session: SessionDep, principal: PrincipalDep) -> ExperimentPublic:
+    """One experiment: each job's state and progress, the leaderboard with the baselines, and the
+    recommended model."""
+    experiment = _get_experiment_or_404(session, principal, experiment_id)
+    return _public(session, experiment, detailed=True)
+
+
+@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic,
+             responses={**NOT_FOUND, 409: {"description": "Every job of the experiment already ended."}})
+def cancel_experiment(experiment_id: str, session: SessionDep, principal: PrincipalDep) -> ExperimentPublic:
+    """Cancel every job of the experiment still queued (at once) or running (within one step)."""
+    experiment = _get_experiment_or_404(session, principal, experiment_id)
+    jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
+    touched = 0
+    for job in jobs:
+        if jobs_crud.cancel_queued(session, job_id=job.id):
+            jobs_crud.add_event(session, job_id=job.id, kind="cancelled",
+                                message=f"Cancelled before it started (experiment {experiment.id}).")
+            touched += 1
+        elif jobs_crud.request_cancel(session, job_id=job.id):
+            jobs_crud.add_event(session, job_id=job.id, kind="cancel_requested",
+                                message=f"Cancel requested with experiment {experiment.id}; the worker stops "
+                                        "after the current optimizer step.")
+            touched += 1
+    if not touched:
+        raise HTTPException(409, f"Every job of experiment {experiment_id} already ended; there is nothing "
+                                 "to cancel.")
+    experiment.cancel_requested = True
+    session.commit()
+    for job in jobs:
+        session.refresh(job)
+    return _public(session, experiment, detailed=False, jobs=jobs)
