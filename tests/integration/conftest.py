@@ -166,3 +166,26 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 120, what: str =
             return value
         time.sleep(0.2)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="package")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Iterator[Any]:
+    """uvicorn + a worker on their own SQLite database and embedded broker (see live_service.py)."""
+    from tests.integration.live_service import LiveService
+
+    directory = tmp_path_factory.mktemp("live")
+    env = service_env(directory, f"sqlite:///{directory / 'tuneserve.sqlite'}",
+                      f"sqla+sqlite:///{directory / 'broker.sqlite'}")
+    service = LiveService(directory, env, tiny_encoder_dir).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="package")
+def finished(live: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One job run by the CLI from a seed-style config.ini and watched to its end."""
+    from tests.integration.live_service import run_seed_config_job
+
+    return run_seed_config_job(live, tmp_path_factory.mktemp("seed-project"))

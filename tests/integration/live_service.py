@@ -1,22 +1,45 @@
-"""A real service for the client tests: uvicorn serving the API on a free port and a Celery worker,
-over one SQLite database and the Redis test database, with a tiny model so a job takes seconds.
+"""A real service for the client, TensorBoard and dashboard tests: uvicorn serving the API on a
+free port and a Celery worker, over one SQLite database and the embedded SQLite broker (its own,
+so that this long-lived worker never takes a job of another test's Redis queue), with a tiny
+model so a job takes seconds.
 
-Module-scoped (see tests/integration/test_cli.py): one finished job is what the CLI, the
-TensorBoard and the dashboard tests all read, so the suite trains it once.
+Package-scoped (tests/integration/conftest.py): one finished job, made by the CLI from a
+seed-style config.ini, is what the CLI, TensorBoard and dashboard tests all read.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+from typer.testing import CliRunner
 
 from tests.conftest import ROOT
-from tests.integration.conftest import WorkerProcess
+from tests.integration.conftest import WorkerProcess, write_sentiment_csv
+
+SEED_CONFIG = """\
+[Path]
+train_file = data/train.csv
+dev_file = data/dev.csv
+output_dir = ./output
+
+[Hyperparameters]
+model_name = {model}
+epochs = 3
+batch_size = 16
+learning_rate = 3e-3
+max_length = 32
+dropout = 0.1
+
+[Logging]
+log_dir = ./logs
+"""
 
 
 def free_port() -> int:
@@ -26,8 +49,8 @@ def free_port() -> int:
 
 
 class LiveService:
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
-        self.directory, self.env = directory, env
+    def __init__(self, directory: Path, env: dict[str, str], tiny_encoder_dir: Path) -> None:
+        self.directory, self.env, self.tiny_encoder_dir = directory, env, tiny_encoder_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / "api.log"
@@ -65,3 +88,23 @@ class LiveService:
             except subprocess.TimeoutExpired:
                 self.api.kill()
                 self.api.wait()
+
+
+def cli(live: LiveService, *args: str) -> Any:
+    """`tuneserve --url <live> ...` in-process; a wide terminal, so tables keep whole rows."""
+    from app.cli import app
+
+    return CliRunner().invoke(app, ["--url", live.url, *args], env={"COLUMNS": "200"})
+
+
+def run_seed_config_job(live: LiveService, project: Path) -> dict[str, Any]:
+    """`tuneserve jobs create --config config.ini --watch`, as a seed user would run it."""
+    (project / "data").mkdir()
+    write_sentiment_csv(project / "data" / "train.csv", rows=80)
+    write_sentiment_csv(project / "data" / "dev.csv", rows=24)
+    config = project / "config.ini"
+    config.write_text(SEED_CONFIG.format(model=live.tiny_encoder_dir), encoding="utf-8")
+    result = cli(live, "jobs", "create", "--config", str(config), "--set", "logging_steps=1",
+                 "--set", "warmup_ratio=0", "--watch")
+    jobs = json.loads(cli(live, "jobs", "list", "--json").output)["data"]
+    return {"result": result, "job": jobs[0], "project": project}

@@ -6,74 +6,16 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from typer.testing import CliRunner
 
 from app.cli import app
-from tests.conftest import REDIS_URL
-from tests.integration.conftest import service_env, write_sentiment_csv
-from tests.integration.live_service import LiveService
+from tests.integration.live_service import LiveService, cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Iterator[LiveService]:
-    directory = tmp_path_factory.mktemp("live")
-    broker = redis.Redis.from_url(REDIS_URL)
-    broker.flushdb()
-    env = service_env(directory, f"sqlite:///{directory / 'tuneserve.sqlite'}", REDIS_URL)
-    service = LiveService(directory, env).start()
-    service.tiny_encoder_dir = tiny_encoder_dir  # type: ignore[attr-defined]
-    try:
-        yield service
-    finally:
-        service.stop()
-        broker.flushdb()
-
-
-def cli(live: LiveService, *args: str) -> Any:
-    # A wide terminal, so that tables keep whole rows for the assertions.
-    return CliRunner().invoke(app, ["--url", live.url, *args], env={"COLUMNS": "200"})
-
-
-SEED_CONFIG = """\
-[Path]
-train_file = data/train.csv
-dev_file = data/dev.csv
-output_dir = ./output
-
-[Hyperparameters]
-model_name = {model}
-epochs = 3
-batch_size = 16
-learning_rate = 3e-3
-max_length = 32
-dropout = 0.1
-
-[Logging]
-log_dir = ./logs
-"""
-
-
-@pytest.fixture(scope="module")
-def finished(live: LiveService, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`tuneserve jobs create --config config.ini --watch`, as a seed user would run it."""
-    project = tmp_path_factory.mktemp("seed-project")
-    (project / "data").mkdir()
-    write_sentiment_csv(project / "data" / "train.csv", rows=80)
-    write_sentiment_csv(project / "data" / "dev.csv", rows=24)
-    config = project / "config.ini"
-    config.write_text(SEED_CONFIG.format(model=live.tiny_encoder_dir), encoding="utf-8")  # type: ignore[attr-defined]
-    result = cli(live, "jobs", "create", "--config", str(config), "--set", "logging_steps=1",
-                 "--set", "warmup_ratio=0", "--watch")
-    jobs = json.loads(cli(live, "jobs", "list", "--json").output)["data"]
-    return {"result": result, "job": jobs[0], "project": project}
 
 
 def test_a_seed_config_ini_fine_tune_runs_from_the_cli_and_is_watched_live(finished: dict[str, Any]) -> None:
@@ -137,7 +79,7 @@ def test_cancel_then_watch_ends_with_the_cancelled_state_and_a_non_zero_exit(
     live: LiveService, finished: dict[str, Any]
 ) -> None:
     created = cli(live, "jobs", "create", "--dataset", finished["job"]["dataset_id"], "--base-model",
-                  str(live.tiny_encoder_dir), "--epochs", "50", "--json")  # type: ignore[attr-defined]
+                  str(live.tiny_encoder_dir), "--epochs", "50", "--json")
     assert created.exit_code == 0, created.output
     job_id = json.loads(created.output)["id"]
     cancelled = cli(live, "jobs", "cancel", job_id)
