@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint bench-train bench-serve clean
+.PHONY: setup browser run test lint bench-train bench-serve clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The dashboard test opens the page in Debian's chromium: installed here when missing and apt-get
+# can (root); otherwise that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian) for the dashboard test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	      || echo "could not install chromium: the dashboard browser test will be skipped"; \
+	  else \
+	    echo "chromium is missing and apt-get cannot install it here: the dashboard browser test will be skipped"; \
+	  fi; }
+
 run: setup
 	$(BIN)/tuneserve up
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check app worker tests bench migrations examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import dashboard
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
 from app.routes import datasets, events, experiments, health, jobs, models, predict
@@ -51,6 +52,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
     for module in (health, datasets, jobs, events, models, predict, experiments):
         app.include_router(module.router)
+    dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)
     # Added last, so it runs first: it sees the 413s and 401s the others answer too.
     app.add_middleware(RequestMetrics)

@@ -197,10 +197,10 @@ def _summary(api: Api, job: dict[str, Any]) -> None:
         return
     metrics = api.get(f"/jobs/{job['id']}/metrics")
     summary = metrics.get("summary") or {}
-    points = [("best", summary.get("best")), ("final", summary.get("final"))]
-    rows = [{**p, "step": p["step"], "epoch": p["epoch"]} for _, p in points if p]
-    if rows:
-        console.print(out.eval_table(f"evaluation (best by {summary.get('metric')}, then final)", rows))
+    points = [(name, p) for name, p in (("best", summary.get("best")), ("final", summary.get("final"))) if p]
+    if points:
+        console.print(out.eval_table(f"evaluation (best by {summary.get('metric')})", [p for _, p in points],
+                                     names=[name for name, _ in points]))
     comparison = out.comparison_table(metrics.get("comparison"))
     if comparison is not None:
         console.print(comparison)

@@ -9,9 +9,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-# Eval figures worth a column, in this order, when a job has them.
-EVAL_COLUMNS = ("loss", "accuracy", "f1_macro", "f1_weighted", "f1_micro", "precision_macro",
-                "recall_macro", "subset_accuracy", "hamming_loss", "token_accuracy", "perplexity")
+# Eval figures worth a column, in this order, when a job has them (the rest: --json); few
+# enough to fit an 80-column terminal.
+EVAL_COLUMNS = ("loss", "accuracy", "f1_macro", "f1_weighted", "f1_micro", "subset_accuracy",
+                "hamming_loss", "token_accuracy", "perplexity")
 
 HEADLINE_HYPERPARAMETERS = ("epochs", "batch_size", "learning_rate", "max_seq_length")
 
@@ -85,10 +86,14 @@ def job_fields(job: dict[str, Any]) -> Table:
     return fields(None, pairs)
 
 
-def eval_table(title: str, points: list[dict[str, Any]]) -> Table:
+def eval_table(title: str, points: list[dict[str, Any]], names: list[str] | None = None) -> Table:
+    """Eval points as rows; `names` labels each row (e.g. best, final) in a first column."""
     present = [c for c in EVAL_COLUMNS if any(isinstance(p.get(c), int | float) for p in points)]
-    return table(title, ["step", "epoch", *present],
-                 ([p["step"], round(p["epoch"], 2), *(p.get(c) for c in present)] for p in points))
+    rows = [[p["step"], round(p["epoch"], 2), *(p.get(c) for c in present)] for p in points]
+    if names:
+        labelled = ([name, *row] for name, row in zip(names, rows, strict=True))
+        return table(title, ["eval", "step", "epoch", *present], labelled)
+    return table(title, ["step", "epoch", *present], rows)
 
 
 def comparison_table(comparison: dict[str, Any] | None) -> Table | None:

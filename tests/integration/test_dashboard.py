@@ -1,0 +1,155 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`, which `make test`
+installs when it can) opens the page of a real finished job on the live service and the curves
+must be drawn from its metric points; a running job's page must update from the event stream.
+Screenshots are saved (wide and narrow) for people to look at."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.live_service import LiveService, cli
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed, so the dashboard cannot be opened in a browser: "
+           "`make test` installs it with apt-get when it runs as root with apt; otherwise "
+           "`apt-get install chromium` and run again",
+)
+# Screenshots land here (git-ignored), for a person to look at after the run.
+ARTIFACTS = Path(os.environ.get("TUNESERVE_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts"))
+
+
+def chromium(tmp_path: Path, url: str, *flags: str) -> str:
+    """Load `url`, let its scripts fetch and render, and return stdout (the DOM for --dump-dom)."""
+    assert CHROMIUM is not None
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+         "--virtual-time-budget=15000", *flags, url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+class Elements(HTMLParser):
+    """Every start tag with its attributes, and the page's text."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def paths(self) -> dict[str, dict[str, str]]:
+        return {a["data-series"]: a for t, a in self.tags if t == "path" and "series" in a.get("class", "")}
+
+
+def _coordinates(d: str) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", d)]
+
+
+@needs_chromium
+def test_a_finished_jobs_page_draws_its_curves_in_chromium(live: LiveService, finished: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    job = finished["job"]
+    assert job["state"] == "succeeded"
+    metrics = json.loads(cli(live, "metrics", job["id"], "--json").output)
+    page = f"{live.url}/#/jobs/{job['id']}"
+    dom = Elements(chromium(tmp_path, page, "--dump-dom"))
+    text = " ".join(dom.text)
+    assert "Something went wrong" not in text, text[:2000]
+
+    paths = dom.paths()
+    # One line per series, with one vertex per metric point the API has.
+    assert int(paths["train loss"]["data-points"]) == len(metrics["train"]) == 15
+    assert int(paths["learning rate"]["data-points"]) == len(metrics["train"])
+    assert int(paths["eval loss"]["data-points"]) == len(metrics["eval"]) == 3
+    assert int(paths["f1_macro"]["data-points"]) == len(metrics["eval"])
+    loss = _coordinates(paths["train loss"]["d"])
+    assert len(loss) == 15
+    assert [x for x, _ in loss] == sorted(x for x, _ in loss) and len({y for _, y in loss}) > 1
+    # Learning rate decays linearly to zero (no warmup): the line goes down, left to right.
+    rate = _coordinates(paths["learning rate"]["d"])
+    assert rate[0][1] < rate[-1][1]  # SVG y grows downwards
+
+    assert "Confusion matrix" in text and "true \\ predicted" in text
+    confusion = [a for t, a in dom.tags if t == "td" and "cm" in a.get("class", "")]
+    assert len(confusion) == 4  # two labels
+    assert "Base vs tuned" in text and "f1_macro" in text
+    assert "Adaptive batch" in text and "batch_probe" in text
+    for kind in ("queued", "claimed", "started", "model_ready", "succeeded"):
+        assert kind in text
+    charts = [a for t, a in dom.tags if t == "svg" and a.get("role") == "img"]
+    assert any(a.get("aria-label", "").startswith("Loss. train loss: 15 points") for a in charts)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, size in (("dashboard-job.png", "1280,2200"), ("dashboard-job-narrow.png", "390,2800")):
+        shot = ARTIFACTS / name
+        shot.unlink(missing_ok=True)
+        chromium(tmp_path, page, f"--window-size={size}", f"--screenshot={shot}")
+        assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_chromium
+def test_the_overview_and_the_dataset_page_with_its_validation_report(
+    live: LiveService, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    job = finished["job"]
+    overview = Elements(chromium(tmp_path, f"{live.url}/", "--dump-dom"))
+    links = {a.get("href") for t, a in overview.tags if t == "a"}
+    assert f"#/jobs/{job['id']}" in links and f"#/datasets/{job['dataset_id']}" in links
+    # Assets come from the service itself, never a CDN.
+    sources = [a.get("src") or a.get("href") for t, a in overview.tags if t in {"script", "link"}]
+    assert sources and all(s.startswith("/dashboard/static/") for s in sources)
+
+    dataset = Elements(chromium(tmp_path, f"{live.url}/#/datasets/{job['dataset_id']}", "--dump-dom"))
+    text = " ".join(dataset.text)
+    for heading in ("Warnings", "Label distribution", "Rejected rows", "Validation report", "Preview"):
+        assert heading in text
+    assert "also in the training split" in text  # the upload's warning about the overlap
+    assert "text_length_chars" in text and "overlap_with_train" in text
+
+
+@needs_chromium
+def test_a_running_jobs_page_updates_from_the_event_stream(live: LiveService, finished: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    created = cli(live, "jobs", "create", "--dataset", finished["job"]["dataset_id"], "--base-model",
+                  str(live.tiny_encoder_dir), "--epochs", "100", "--batch-size", "8",
+                  "--max-seq-length", "32", "--set", "logging_steps=1", "--json")
+    assert created.exit_code == 0, created.output
+    job_id = json.loads(created.output)["id"]
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{live.url}/jobs/{job_id}").json()["step"] < 1:
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.2)
+        dom = Elements(chromium(tmp_path, f"{live.url}/#/jobs/{job_id}", "--dump-dom"))
+        state = httpx.get(f"{live.url}/jobs/{job_id}").json()
+    finally:
+        cli(live, "jobs", "cancel", job_id)
+    assert state["state"] == "running"
+    body = next(a for t, a in dom.tags if "data-live-events" in a)
+    assert int(body["data-live-events"]) >= 1
+    assert int(dom.paths()["train loss"]["data-points"]) >= 1
