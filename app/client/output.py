@@ -102,8 +102,11 @@ def comparison_table(comparison: dict[str, Any] | None) -> Table | None:
     splits = (comparison or {}).get("splits") or {}
     sides: list[str] = []
     for figures in splits.values():
+        # A side holds the same metrics as `tuned` (not the deltas, nor the disagreement list).
+        metrics = [m for m, v in (figures.get("tuned") or {}).items() if isinstance(v, int | float)]
         sides += [k for k, v in figures.items()
-                  if isinstance(v, dict) and not k.startswith("delta") and k not in sides]
+                  if isinstance(v, dict) and not k.startswith("delta") and k not in sides
+                  and any(isinstance(v.get(m), int | float) for m in metrics)]
     rows = []
     for split, figures in splits.items():
         tuned = figures.get("tuned") or {}

@@ -66,6 +66,11 @@ class Elements(HTMLParser):
         return {a["data-series"]: a for t, a in self.tags if t == "path" and "series" in a.get("class", "")}
 
 
+def fmt_like_page(value: float) -> str:
+    """A figure as the page's fmt() writes it (up to 4 decimals, no trailing zeros)."""
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
 def _coordinates(d: str) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", d)]
 
@@ -97,7 +102,9 @@ def test_a_finished_jobs_page_draws_its_curves_in_chromium(live: LiveService, fi
     assert "Confusion matrix" in text and "true \\ predicted" in text
     confusion = [a for t, a in dom.tags if t == "td" and "cm" in a.get("class", "")]
     assert len(confusion) == 4  # two labels
-    assert "Base vs tuned" in text and "f1_macro" in text
+    comparison = metrics["comparison"]["splits"]["validation"]
+    assert "Comparison: tuned vs " in text and "tfidf" in text and "majority" in text
+    assert fmt_like_page(comparison["tuned"]["f1_macro"]) in text
     assert "Adaptive batch" in text and "batch_probe" in text
     for kind in ("queued", "claimed", "started", "model_ready", "succeeded"):
         assert kind in text

@@ -311,17 +311,27 @@ function jobSections(state) {
     reference && reference.per_class ? table("Per class", ["label", "precision", "recall", "f1", "support"],
       Object.entries(reference.per_class).map(([label, v]) => [label, v.precision, v.recall, v.f1, v.support])) : null);
 
+  // The tuned model beside whatever the comparison scored on the same rows (the baselines).
   const splits = (metrics.comparison && metrics.comparison.splits) || {};
+  const sides = [];
+  for (const fig of Object.values(splits)) {
+    // A side is a set of the same metrics as `tuned` (not the deltas or the disagreement list).
+    const metricNames = Object.keys(fig.tuned || {}).filter((m) => typeof fig.tuned[m] === "number");
+    for (const [side, v] of Object.entries(fig)) {
+      if (v && typeof v === "object" && !sides.includes(side) && !side.startsWith("delta")
+          && metricNames.some((m) => typeof v[m] === "number")) sides.push(side);
+    }
+  }
   const rows = [];
   for (const [split, fig] of Object.entries(splits)) {
     for (const [metric, tuned] of Object.entries(fig.tuned || {})) {
-      if (typeof tuned !== "number") continue;
-      const base = (fig.base || {})[metric];
-      rows.push([split, metric, base, tuned, typeof base === "number" ? tuned - base : "–"]);
+      if (typeof tuned === "number") rows.push([split, metric, ...sides.map((side) => (fig[side] || {})[metric] ?? "–")]);
     }
   }
-  const comparison = h("section", { "aria-labelledby": "cmp-h" }, h("h2", { id: "cmp-h" }, "Base vs tuned"),
-    rows.length ? table(null, ["split", "metric", "base", "tuned", "change"], rows)
+  const note = metrics.comparison && metrics.comparison.note;
+  const comparison = h("section", { "aria-labelledby": "cmp-h" },
+    h("h2", { id: "cmp-h" }, sides.length > 1 ? `Comparison: ${sides.join(" vs ")}` : "Comparison"),
+    rows.length ? table(note || null, ["split", "metric", ...sides], rows)
       : h("p", { class: "muted" }, TERMINAL.has(job.state) ? "No comparison was recorded." : "Made when the job succeeds."));
 
   const log = h("section", { "aria-labelledby": "events-h" }, h("h2", { id: "events-h" }, `Events (${events.length})`),
@@ -369,7 +379,7 @@ async function jobPage(id) {
     if (kind === "log") {
       if (!state.events.some((e) => e.id === data.id)) state.events.push(data);
     } else if (kind === "metric") {
-      upsert(data.kind === "eval" ? state.evals : state.train, data);
+      if (data.kind === "train" || data.kind === "eval") upsert(data.kind === "eval" ? state.evals : state.train, data);
     } else if (kind === "progress") {
       Object.assign(state.job, data);
     } else if (kind === "end") {
