@@ -8,6 +8,7 @@ watch leaves the job running and exits 130.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -440,9 +441,152 @@ def delete_model(ctx: typer.Context, model_id: str) -> None:
     console.print(f"deleted {model_id}")
 
 
+# --- experiments ------------------------------------------------------------------------------
+
+experiments_app = typer.Typer(help="Several base models on one dataset, ranked beside baselines.",
+                              no_args_is_help=True)
+EXPERIMENT_POLL_S = 2.0
+
+
+def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--override MODEL:key=value` -> {MODEL: {key: value}} (values as --set parses them)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, has_value, value = item.partition("=")
+        model, sep, key = target.rpartition(":")  # the model may hold ':', the key does not
+        if not (has_value and sep and model and key):
+            fail(f"--override {item!r}: write it as MODEL:key=value, "
+                 "e.g. --override klue/bert-base:learning_rate=3e-5")
+        overrides.setdefault(model, {}).update(_parse_set([f"{key}={value}"]))
+    return overrides
+
+
+def _experiment_jobs(exp: dict[str, Any]) -> Any:
+    return out.table(f"experiment {exp['id']}: {exp['state']} ({exp['progress']:.0%})",
+                     ["base model", "job", "state", "step", "model"],
+                     ([j["base_model"], j["job_id"], j["state"], f"{j['step']}/{j['total_steps'] or '?'}",
+                       j["model_id"]] for j in exp["jobs"]))
+
+
+def _experiment_result(exp: dict[str, Any]) -> None:
+    metric = exp["primary_metric"]
+    board = exp.get("leaderboard") or []
+    if board:
+        console.print(out.table(f"leaderboard by validation {metric}", ["rank", "kind", "name", metric,
+                                                                          "test", "train s", "model"], (
+            [r["rank"], r["kind"], r["name"], (r.get("validation") or {}).get(metric),
+             (r.get("test") or {}).get(metric), r.get("training_time_s"), r.get("model_id")] for r in board)))
+    rec = exp.get("recommendation")
+    if rec:
+        console.print(f"[bold]recommended:[/] {rec['message']}")
+
+
+@experiments_app.command("create")
+@calls
+def create_experiment(
+    ctx: typer.Context,
+    base_model: Annotated[list[str], typer.Option(
+        "--base-model", help="repeat for each model: hub name, local directory or tuned model id")],
+    dataset: Annotated[str | None, typer.Option(help="an uploaded dataset's id")] = None,
+    train: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="upload this first")] = None,
+    validation: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    name: str | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    max_seq_length: int | None = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="a shared hyperparameter, key=value")]
+    = None,
+    override: Annotated[list[str] | None, typer.Option(
+        help="a hyperparameter for one model only, MODEL:key=value (repeatable)")] = None,
+    watch: Annotated[bool, typer.Option(help="follow the jobs until all end, then show the leaderboard")]
+    = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Fine-tune several base models on one dataset (same split and seed), ranked with baselines."""
+    api = _api(ctx)
+    if (dataset is None) == (train is None):
+        fail("give exactly one of --dataset ID or --train FILE")
+    if train is not None:
+        ds = _upload(api, train, validation)
+        err.print(f"uploaded {train.name} as dataset {ds['id']}: {ds['task']}, labels {ds['labels']}")
+        dataset = ds["id"]
+    options = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+               "max_seq_length": max_seq_length}
+    hyperparameters = {k: v for k, v in options.items() if v is not None} | _parse_set(set_ or [])
+    exp = api.post("/experiments", json={
+        "dataset_id": dataset, "name": name, "base_models": base_model, "hyperparameters": hyperparameters,
+        "overrides": _parse_overrides(override or [])})
+    if not watch:
+        return out.print_json(console, exp) if json_ else console.print(_experiment_jobs(exp))
+    _watch_experiment(api, exp["id"], json_)
+
+
+def _watch_experiment(api: Api, experiment_id: str, json_: bool) -> None:
+    from rich.live import Live
+
+    try:
+        exp = api.get(f"/experiments/{experiment_id}")
+        with Live(_experiment_jobs(exp), console=console, refresh_per_second=2) as live:
+            while exp["state"] in ("queued", "running"):
+                time.sleep(EXPERIMENT_POLL_S)
+                exp = api.get(f"/experiments/{experiment_id}")
+                live.update(_experiment_jobs(exp))
+    except KeyboardInterrupt:
+        err.print(f"\nstopped watching; experiment {experiment_id} keeps running. "
+                  f"`tuneserve experiments show {experiment_id}` shows it.")
+        raise typer.Exit(130) from None
+    if json_:
+        out.print_json(console, exp)
+    else:
+        _experiment_result(exp)
+    if exp["state"] != "succeeded":
+        fail(f"experiment {experiment_id} {exp['state']}")
+
+
+@experiments_app.command("list")
+@calls
+def list_experiments(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Experiments, newest first."""
+    body = _api(ctx).get("/experiments")
+    if json_:
+        return out.print_json(console, body)
+    console.print(out.table(f"{body['count']} experiments", ["id", "name", "state", "progress", "models",
+                                                             "created"], (
+        [e["id"], e["name"], e["state"], f"{e['progress']:.0%}", e["base_models"], out.when(e["created_at"])]
+        for e in body["data"])))
+
+
+@experiments_app.command("show")
+@calls
+def show_experiment(ctx: typer.Context, experiment_id: str, json_: JsonOpt = False) -> None:
+    """One experiment: its jobs, the leaderboard beside the baselines, the recommended model."""
+    exp = _api(ctx).get(f"/experiments/{experiment_id}")
+    if json_:
+        return out.print_json(console, exp)
+    console.print(_experiment_jobs(exp))
+    _experiment_result(exp)
+
+
+@experiments_app.command("watch")
+@calls
+def watch_experiment(ctx: typer.Context, experiment_id: str, json_: JsonOpt = False) -> None:
+    """Follow an experiment's jobs until all end, then show the leaderboard."""
+    _watch_experiment(_api(ctx), experiment_id, json_)
+
+
+@experiments_app.command("cancel")
+@calls
+def cancel_experiment(ctx: typer.Context, experiment_id: str) -> None:
+    """Cancel every job of the experiment still queued or running."""
+    exp = _api(ctx).post(f"/experiments/{experiment_id}/cancel")
+    console.print(_experiment_jobs(exp))
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(datasets_app, name="datasets")
     root.add_typer(jobs_app, name="jobs")
     root.add_typer(models_app, name="models")
+    root.add_typer(experiments_app, name="experiments")
     root.command("metrics")(calls(metrics))
     root.command("predict")(calls(predict))

@@ -124,3 +124,23 @@ def test_the_finished_job_wrote_tensorboard_event_files_that_read_back(live: Liv
     f1 = events.Scalars("eval/f1_macro")
     assert [e.step for e in f1] == [p["step"] for p in metrics["eval"]]
     assert [e.value for e in f1] == pytest.approx([p["f1_macro"] for p in metrics["eval"]], rel=1e-6)
+
+
+def test_an_experiment_from_the_cli_ends_with_its_leaderboard(live: LiveService,
+                                                              finished: dict[str, Any]) -> None:
+    model = str(live.tiny_encoder_dir)
+    run = cli(live, "experiments", "create", "--dataset", finished["job"]["dataset_id"],
+              "--base-model", model, "--name", "tiny vs baselines", "--epochs", "1", "--batch-size", "16",
+              "--max-seq-length", "32",
+              "--override", f"{model}:learning_rate=0.002", "--watch")
+    assert run.exit_code == 0, run.output
+    assert "leaderboard by validation f1_macro" in run.output and "tfidf" in run.output
+    assert "recommended:" in run.output
+    experiments = json.loads(cli(live, "experiments", "list", "--json").output)["data"]
+    exp = json.loads(cli(live, "experiments", "show", experiments[0]["id"], "--json").output)
+    assert exp["name"] == "tiny vs baselines" and exp["state"] == "succeeded"
+    assert exp["overrides"] == {model: {"learning_rate": 0.002}}
+    assert [j["state"] for j in exp["jobs"]] == ["succeeded"]
+    assert {r["name"] for r in exp["leaderboard"]} >= {model, "tfidf", "majority"}
+    bad = cli(live, "experiments", "create", "--dataset", "ds_x", "--base-model", model, "--override", "lr=1")
+    assert bad.exit_code == 1 and "write it as MODEL:key=value" in bad.output
