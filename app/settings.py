@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     max_upload_mb: int = 200
     # Rows kept in a dataset; past this the upload is refused rather than truncated silently.
     max_dataset_rows: int = 2_000_000
+    # Columns in one uploaded file: a classifier needs two or three; 10^5 columns is a wrong
+    # delimiter or a hostile file, and costs the parser memory per column.
+    max_dataset_columns: int = Field(default=1000, ge=2)
+    # One line of a CSV/TSV/JSONL: past this it is an unclosed quote or a cell no model reads.
+    max_line_kb: int = Field(default=1024, ge=1)
+    # Characters in one cell (any format): training reads max_seq_length tokens (~8k at most).
+    max_cell_chars: int = Field(default=100_000, ge=100)
     # Rows shown by GET /datasets/{id} in `preview`.
     preview_rows: int = 5
 

@@ -31,9 +31,14 @@ def as_text(value: Any) -> str | None:
     return text.strip() or None
 
 
+# Spellings of "not a number" that pandas, numpy and spreadsheets write for an empty cell. A
+# label "None" stays a label (CSV cells are read with no NA guessing), but NaN is never a class.
+_NAN_SPELLINGS = {"nan", "-nan", "<na>"}
+
+
 def label_token(value: Any) -> str | None:
-    """A label as its trimmed name: 2, 2.0 and "2   " are all "2"."""
-    if is_missing(value):
+    """A label as its trimmed name: 2, 2.0 and "2   " are all "2"; NaN is no label."""
+    if is_missing(value) or (isinstance(value, str) and value.strip().lower() in _NAN_SPELLINGS):
         return None
     if isinstance(value, bool | np.bool_):
         return str(bool(value))

@@ -15,6 +15,11 @@ import charset_normalizer
 from app.ingest.errors import IngestError
 
 CHUNK_BYTES = 1024 * 1024
+# Read without a warning: UTF-8 above all, and the Korean codecs this service is documented for.
+KOREAN_CODECS = {"cp949", "euc_kr", "johab"}
+# charset-normalizer's share of the decoded text that reads as words of a language it knows;
+# below this the codec is a guess that merely decodes every byte.
+MIN_COHERENCE = 0.2
 # Names we report, so users see familiar spellings rather than Python codec aliases.
 _REPORTED = {"utf_8": "utf-8", "utf_8_sig": "utf-8-sig", "cp949": "cp949", "euc_kr": "euc-kr"}
 
@@ -37,20 +42,36 @@ def reported_name(encoding: str) -> str:
     return _REPORTED.get(key, key.replace("_", "-"))
 
 
-def detect_encoding(path: Path, shown_name: str) -> str:
-    """The Python codec that decodes every byte of `path`; IngestError when none does."""
+def detect_encoding(path: Path, shown_name: str) -> tuple[str, str | None]:
+    """(the Python codec that decodes every byte of `path`, a warning or None); IngestError when
+    no codec does, or when the only candidates are guesses that nothing supports.
+
+    UTF-8 and the Korean codecs are read as they are. Another codec is used only when
+    charset-normalizer recognises a language in the decoded text, and then with a warning: a
+    decoder that merely accepts every byte (cp775, mac_iceland...) turns unknown bytes into
+    mojibake without complaint, and that must not be stored silently."""
     with path.open("rb") as f:
         head = f.read(4)
     if head.startswith(codecs.BOM_UTF8):
         if _decodes_fully(path, "utf-8-sig"):
-            return "utf-8-sig"
+            return "utf-8-sig", None
     elif _decodes_fully(path, "utf-8"):
-        return "utf-8"
+        return "utf-8", None
     best = charset_normalizer.from_path(path).best()
     if best is not None and _decodes_fully(path, best.encoding):
-        return best.encoding
+        if codecs.lookup(best.encoding).name.replace("-", "_") in KOREAN_CODECS:
+            return best.encoding, None
+        if best.coherence >= MIN_COHERENCE and best.language != "Unknown":
+            return best.encoding, (
+                f"'{shown_name}' is not UTF-8; it was read as {reported_name(best.encoding)} (detected from "
+                f"its {best.language}-looking text). Check the preview: if characters look wrong, save "
+                "the file as UTF-8 and upload it again"
+            )
+        guess = f" (the closest guess, {reported_name(best.encoding)}, is not a confident one)"
+    else:
+        guess = ""
     raise IngestError(
-        f"'{shown_name}' is not readable text: its bytes are not UTF-8 and no other encoding "
-        "(such as CP949/EUC-KR) decodes them. If it is a spreadsheet, export it as "
-        "'CSV UTF-8'; if it is a binary file, upload CSV, TSV, JSON, JSONL or Parquet instead"
+        f"'{shown_name}' is not readable text: its bytes are not UTF-8, not CP949/EUC-KR, and no other "
+        f"encoding can be told with confidence{guess}; a file that mixes encodings reads this way too. "
+        "Save it as UTF-8 (from a spreadsheet: 'CSV UTF-8') and upload it again"
     )

@@ -12,6 +12,7 @@ import pyarrow as pa
 from app.ingest import report
 from app.ingest.errors import IngestError
 from app.ingest.extract import Examples, extract
+from app.ingest.guards import ReadLimits
 from app.ingest.infer import Plan, plan_columns
 from app.ingest.labels import encode, label_order
 from app.ingest.reader import Table, read_table
@@ -60,7 +61,7 @@ class _Split:
 
 def ingest(
     *, train: SourceFile, validation: SourceFile | None, test: SourceFile | None,
-    options: IngestOptions, directory: Path, max_rows: int,
+    options: IngestOptions, directory: Path, max_rows: int, limits: ReadLimits | None = None,
 ) -> IngestResult:
     """Validate the files, write the splits into `directory`, and say what was found."""
     warnings: list[str] = []
@@ -71,7 +72,7 @@ def ingest(
     tables: dict[str, Table] = {}
     total_rows = 0
     for split, source in sources.items():
-        tables[split] = table = read_table(source.path, source.filename)
+        tables[split] = table = read_table(source.path, source.filename, limits)
         total_rows += len(table.frame)
         if total_rows > max_rows:
             raise IngestError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 
 from app.ingest.encoding import detect_encoding, reported_name
 from app.ingest.errors import IngestError
+from app.ingest.guards import ReadLimits, check_cells, check_columns, check_lines, reject_binary
 
 SNIFF_BYTES = 64 * 1024
 PARQUET_MAGIC = b"PAR1"
@@ -34,25 +36,35 @@ class Table:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_table(path: Path, shown_name: str) -> Table:
+def read_table(path: Path, shown_name: str, limits: ReadLimits | None = None) -> Table:
     """Parse `path` (named `shown_name` by the user) or raise IngestError saying how to fix it."""
+    limits = limits or ReadLimits()
     if path.stat().st_size == 0:
         raise IngestError(f"'{shown_name}' is empty: upload a file with a header row and data rows")
     with path.open("rb") as f:
         magic = f.read(len(PARQUET_MAGIC))
+    warnings: list[str] = []
     if magic == PARQUET_MAGIC:
-        table = Table(_read_parquet(path, shown_name), "parquet", "utf-8")  # Parquet text is UTF-8
+        table = Table(_read_parquet(path, shown_name, limits), "parquet", "utf-8")  # Parquet text is UTF-8
     else:
-        encoding = detect_encoding(path, shown_name)
+        reject_binary(path, shown_name)
+        encoding, note = detect_encoding(path, shown_name)
+        if note:
+            warnings.append(note)
         fmt, delimiter = _sniff_text_format(path, encoding, shown_name)
+        if fmt != "json":  # a JSON array may well sit on one line; its cells are bounded below
+            check_lines(path, shown_name, limits)
         if fmt == "json":
             frame = _read_json_array(path, encoding, shown_name)
         elif fmt == "jsonl":
             frame = _read_jsonl(path, encoding, shown_name)
         else:
+            _check_header(path, encoding, delimiter, shown_name, limits)
             frame = _read_delimited(path, encoding, delimiter, shown_name)
-        table = Table(frame, fmt, reported_name(encoding))
+        table = Table(frame, fmt, reported_name(encoding), warnings)
+    check_columns(len(table.frame.columns), shown_name, limits)
     table.frame = _checked(table.frame, shown_name)
+    check_cells(table.frame, shown_name, limits)
     expected = _EXTENSION_FORMATS.get(Path(shown_name).suffix.lower())
     if expected and expected != table.format:
         table.warnings.append(
@@ -77,6 +89,13 @@ def _sniff_text_format(path: Path, encoding: str, shown_name: str) -> tuple[str,
             return fmt, delimiter
     # One column only: still CSV; inference will say what is missing.
     return "csv", ","
+
+
+def _check_header(path: Path, encoding: str, delimiter: str, shown_name: str, limits: ReadLimits) -> None:
+    """Columns counted on the header line, before pandas builds a frame of 10^5 columns."""
+    with path.open("r", encoding=encoding, errors="replace", newline="") as f:
+        header = f.readline()
+    check_columns(header.count(delimiter) + 1, shown_name, limits)
 
 
 def _read_delimited(path: Path, encoding: str, delimiter: str, shown_name: str) -> pd.DataFrame:
@@ -108,7 +127,7 @@ def _read_json_array(path: Path, encoding: str, shown_name: str) -> pd.DataFrame
 
 
 def _read_jsonl(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
-    records = []
+    records: list[dict[str, Any]] = []
     with path.open("r", encoding=encoding) as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
@@ -116,6 +135,8 @@ def _read_jsonl(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
+                if not records:
+                    _reject_single_object(path, encoding, shown_name)
                 raise IngestError(
                     f"line {line_number} of '{shown_name}' is not valid JSON ({e.msg}, column {e.colno}): "
                     "fix or remove that line; in JSONL each line is one complete JSON object"
@@ -126,11 +147,30 @@ def _read_jsonl(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
                     'object: each JSONL line must be one object like {"text": ..., "label": ...}'
                 )
             records.append(record)
+    if len(records) == 1 and any(isinstance(v, list | dict) for v in records[0].values()):
+        _reject_single_object(path, encoding, shown_name)
     return pd.DataFrame.from_records(records)
 
 
-def _read_parquet(path: Path, shown_name: str) -> pd.DataFrame:
+def _reject_single_object(path: Path, encoding: str, shown_name: str) -> None:
+    """One JSON object for the whole file (often {"data": [...]} or columns of lists): say so,
+    rather than 'line 1 is not valid JSON' or a dataset of one row."""
     try:
+        with path.open("r", encoding=encoding) as f:
+            data = json.load(f)
+    except json.JSONDecodeError:
+        return
+    if isinstance(data, dict):
+        keys = ", ".join(repr(k) for k in list(data)[:5])
+        raise IngestError(
+            f"'{shown_name}' is a single JSON object (keys {keys}), not records: {_FIX_JSON}. If the "
+            "records sit under one of those keys, upload that array on its own"
+        )
+
+
+def _read_parquet(path: Path, shown_name: str, limits: ReadLimits) -> pd.DataFrame:
+    try:
+        check_columns(len(pq.read_schema(path).names), shown_name, limits)
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise IngestError(

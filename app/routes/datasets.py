@@ -17,6 +17,7 @@ from app.auth import Principal
 from app.crud import datasets as crud
 from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
 from app.ingest import IngestError, IngestOptions, IngestResult, SourceFile, UploadTooLarge, ingest
+from app.ingest.guards import ReadLimits
 from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
 from app.ingest.upload import SavedUpload, save_upload
@@ -182,6 +183,9 @@ async def create_dataset(
                 ingest, train=SourceFile(saved["file"].path, saved["file"].filename),
                 validation=_source(saved, "validation_file"), test=_source(saved, "test_file"),
                 options=options, directory=directory, max_rows=settings.max_dataset_rows,
+                limits=ReadLimits(max_columns=settings.max_dataset_columns,
+                                  max_line_bytes=settings.max_line_kb * 1024,
+                                  max_cell_chars=settings.max_cell_chars),
             )
     except UploadTooLarge as e:
         raise HTTPException(413, str(e)) from e

@@ -27,7 +27,7 @@ def test_header_only(client, settings) -> None:  # type: ignore[no-untyped-def]
 def test_undecodable_bytes(client, settings) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     noise = bytes(rng.randrange(256) for _ in range(4096))
-    detail = assert_rejected(upload(client, noise, "noise.csv"), 422, "not readable text", settings)
+    detail = assert_rejected(upload(client, noise, "noise.csv"), 422, "not a text table", settings)
     assert "CSV UTF-8" in detail
 
 
