@@ -33,6 +33,18 @@ def resolve_base_model(name: str) -> str:
     return str(bundled_model_path()) if name in BUNDLED_MODEL_NAMES else name
 
 
+def load_options(trust_remote_code: bool) -> dict[str, Any]:
+    """What every from_pretrained of a model gets. Weights from safetensors only:
+    a pickled .bin can run code when it is loaded, so a directory or hub repository that has
+    only one fails to load. A repository's own Python code runs only when an admin setting
+    (TUNESERVE_TRUST_REMOTE_CODE) allows it."""
+    return {"use_safetensors": True, "trust_remote_code": trust_remote_code}
+
+
+def tokenizer_options(trust_remote_code: bool) -> dict[str, Any]:
+    return {"trust_remote_code": trust_remote_code}
+
+
 def job_dir(models_dir: Path, job_id: str) -> Path:
     return Path(models_dir) / "jobs" / job_id
 

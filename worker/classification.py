@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from app.store import resolve_base_model, write_model_meta
+from app.settings import get_settings
+from app.store import load_options, resolve_base_model, tokenizer_options, write_model_meta
 from worker.config import TrainConfig
 from worker.families.classification import LOWER_IS_BETTER, MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
 from worker.metrics import multi_label_metrics, single_label_metrics, tune_thresholds
@@ -113,7 +114,8 @@ class ClassificationTask:
     def load_checkpoint(self, directory: Path) -> None:
         # Through from_pretrained rather than raw safetensors: it undoes any key renaming the
         # architecture's save applies, whatever the architecture.
-        saved = getattr(type(self.model), "from_pretrained")(directory)  # noqa: B009 - untyped here
+        load = getattr(type(self.model), "from_pretrained")  # noqa: B009 - untyped here
+        saved = load(directory, **load_options(get_settings().trust_remote_code))
         self.model.load_state_dict(saved.state_dict())
         del saved
 
@@ -193,9 +195,10 @@ def load_classifier(base_model: str, labels: list[str], multi_label: bool, seed:
     source = resolve_base_model(base_model)
     torch.manual_seed(seed)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        trust = get_settings().trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_options(trust))
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels),
+            source, num_labels=len(labels), **load_options(trust),
             id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
             problem_type="multi_label_classification" if multi_label else "single_label_classification",
             # A tuned model with another label set can be a base: its head is replaced.

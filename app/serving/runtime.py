@@ -15,6 +15,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.serving.batching import plan_chunks
+from app.settings import get_settings
+from app.store import load_options, tokenizer_options
 
 # Padded-token cost of one extra forward call (kernel launches, Python dispatch) on CPU,
 # measured on MiniLM-L6: splitting a batch by length pays off once it saves more than this.
@@ -46,17 +48,18 @@ class LoadedModel:
         `device`: "auto" (a GPU when torch sees one), "cpu", "cuda", "cuda:1"...; None: cpu."""
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        trust = get_settings().trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), **tokenizer_options(trust))
         if fresh_head_labels is not None:
             names = list(fresh_head_labels)
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(path), num_labels=len(names), id2label=dict(enumerate(names)),
                 label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
                 problem_type="multi_label_classification" if task == "multi_label"
-                else "single_label_classification",
+                else "single_label_classification", **load_options(trust),
             )
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(path))
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), **load_options(trust))
         if model.config.num_labels != num_labels:
             raise ValueError(
                 f"the model in {path} has {model.config.num_labels} outputs but its row lists "

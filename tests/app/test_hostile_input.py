@@ -139,3 +139,23 @@ def test_a_body_past_the_limit_is_413_whether_declared_or_streamed(
         assert resp.status_code == 413
         small = client.post("/predict", json={"model_id": "mdl_x", "texts": ["y"]})
         assert small.status_code == 404  # under the limit the route answers as usual
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_pickled_weights_are_never_loaded(client: Any, settings: Any) -> None:
+    """A model directory whose weights are a pickle (pytorch_model.bin) is refused: unpickling
+    can run code. The same model as safetensors is served."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model_id = register_model(settings)
+    directory = settings.models_dir / "models" / model_id
+    assert client.post("/predict", json={"model_id": model_id, "texts": ["x"]}).status_code == 200
+    other_id = register_model(settings)
+    other = settings.models_dir / "models" / other_id
+    model = AutoModelForSequenceClassification.from_pretrained(directory)
+    (other / "model.safetensors").unlink()
+    torch.save(model.state_dict(), other / "pytorch_model.bin")
+    resp = client.post("/predict", json={"model_id": other_id, "texts": ["x"]})
+    assert resp.status_code == 409, resp.text
+    assert f"model {other_id} could not be loaded" in resp.json()["detail"]
