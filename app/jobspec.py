@@ -66,6 +66,22 @@ class Hyperparameters(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Trade compute for memory from the start (it is also the last OOM resort)."
     )
+    # --- chat only --------------------------------------------------------------------------
+    finetuning: Literal["auto", "lora", "full"] = Field(
+        "auto", description="chat: auto = LoRA adapters on a frozen base, full = every weight trains. "
+        "Classifiers are always fully fine-tuned."
+    )
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | None = Field(
+        None, min_length=1,
+        description="Module names LoRA wraps; default per architecture (Llama-family: q/k/v/o_proj).",
+    )
+    system_prompt: str | None = Field(
+        None, min_length=1, max_length=8000,
+        description="chat: a system turn added to every conversation that has none (and to /generate).",
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Hyperparameters:

@@ -149,6 +149,18 @@ class Settings(BaseSettings):
     predict_max_texts: int = 256
     predict_max_chars: int = 20_000
 
+    # --- chat: /generate and the base-vs-tuned generation report -------------------------
+    # Prompt tokens after the chat template (422 past this), new tokens one reply may ask for
+    # (422 past this), and generations running at once over all models (429 past this: a
+    # generation holds a CPU core or a GPU slice for seconds, queueing them hides the wait).
+    generate_max_prompt_tokens: int = Field(default=2048, ge=16)
+    generate_max_new_tokens: int = Field(default=512, ge=1)
+    generate_max_concurrent: int = Field(default=2, ge=1)
+    # Held-out prompts the comparison generates for with the base and the tuned model, and the
+    # reply length there (greedy decoding, so the report is reproducible).
+    compare_max_prompts: int = Field(default=64, ge=1)
+    compare_max_new_tokens: int = Field(default=64, ge=1)
+
     # --- API keys and limits per key ------------------------------------------------------
     # on: every request but /healthz, /readyz and /metrics needs `Authorization: Bearer <key>`
     # and sees only what its key made (admin keys see all). off: the embedded single-user

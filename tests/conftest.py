@@ -141,3 +141,57 @@ def make_tiny_encoder(directory: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+# ChatML turns; <|im_end|> is the end-of-turn token the model learns to emit and generation stops at.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tiny_tokenizer(texts: list[str], chat_template: str | None = TINY_CHAT_TEMPLATE) -> object:
+    """A byte-level BPE tokenizer trained offline on `texts` (Korean included)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "<|im_end|>", "<pad>", "<|im_start|>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
+                                        unk_token="<unk>", pad_token="<pad>",
+                                        additional_special_tokens=["<|im_start|>"])
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def make_tiny_chat_lm(directory: Path, seed: int = 0, chat_template: str | None = TINY_CHAT_TEMPLATE) -> Path:
+    """A 2-layer random LlamaForCausalLM with a BPE tokenizer trained on the Korean Q/A slice."""
+    import pandas as pd
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    frame = pd.read_csv(FIXTURES / "korean_chatbot_qa_slice.csv")
+    texts = [str(t) for t in [*frame["Q"], *frame["A"]]] + ["user assistant system"]
+    tokenizer = make_tiny_tokenizer(texts, chat_template)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,  # type: ignore[arg-type]
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
+        pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)  # type: ignore[attr-defined]
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_chat_lm(tmp_path_factory.mktemp("tiny-chat-lm"))

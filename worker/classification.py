@@ -192,7 +192,10 @@ def load_classifier(base_model: str, labels: list[str], multi_label: bool, seed:
     """(model, tokenizer); the new head's initialisation follows the seed."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from worker.tokenizers import check_tokenizer_packages
+
     source = resolve_base_model(base_model)
+    check_tokenizer_packages(source, base_model)
     torch.manual_seed(seed)
     try:
         trust = get_settings().trust_remote_code

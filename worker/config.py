@@ -43,6 +43,12 @@ class TrainConfig:
     class_weights: str = "off"             # off | auto (read by the task, kept here for the record)
     precision: str = "auto"                # auto | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False   # from the start; it is also the last OOM resort
+    finetuning: str = "auto"               # chat: auto|lora (adapters) | full (read by the task)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None  # None: the architecture's default (families/chat.py)
+    system_prompt: str | None = None       # chat: a system turn for conversations without one
     # --- from the worker's settings ------------------------------------------------------
     max_micro_batch_size: int = _runtime(256)    # largest micro-batch the probe tries
     keep_last_checkpoints: int = _runtime(2)     # besides the best one; at least 1 is kept

@@ -17,8 +17,10 @@ def export_tuned_model(checkpoint_dir: Path, dest_dir: Path, meta: dict[str, Any
     """Copy `checkpoint_dir`'s model files to `dest_dir`; `meta` (task, labels, thresholds,
     max_seq_length, base_model, ...) is merged over the checkpoint's own tuneserve.json."""
     checkpoint_dir, dest_dir = Path(checkpoint_dir), Path(dest_dir)
-    if not (checkpoint_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{checkpoint_dir} is not a Hugging Face model directory (no config.json)")
+    # A full model has config.json; a LoRA adapter has adapter_config.json (its base is named there).
+    if not any((checkpoint_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise FileNotFoundError(f"{checkpoint_dir} is not a Hugging Face model or adapter directory "
+                                "(no config.json, no adapter_config.json)")
     merged = read_model_meta(checkpoint_dir) | meta
     with atomic_dir(dest_dir) as tmp:
         for path in checkpoint_dir.iterdir():

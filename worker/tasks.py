@@ -82,6 +82,8 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
     family = family_for(task)
     config = TrainConfig.from_hyperparameters(hp, settings)
     training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
+    for kind, message, data in family.setup_events(training_task, config):
+        sink.event(kind, message, data)
     result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)
     if result.cancelled:
         return "cancelled", {}

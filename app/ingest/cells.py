@@ -86,7 +86,7 @@ def chat_messages(value: Any) -> tuple[list[dict[str, str]] | None, str | None]:
     value = _maybe_json(value)
     if not is_sequence(value) or len(value) == 0:
         return None, "messages is empty or not a list of {role, content} objects"
-    messages = []
+    messages: list[dict[str, str]] = []
     for turn in value:
         if not isinstance(turn, dict):
             return None, "messages holds something that is not a {role, content} object"
@@ -96,12 +96,27 @@ def chat_messages(value: Any) -> tuple[list[dict[str, str]] | None, str | None]:
             return None, f"message role '{raw_role}' is not system, user or assistant"
         content = as_text(turn.get("content", turn.get("value")))
         if content is None:
-            return None, f"a {role} message has empty content"
+            return None, f"the {role} message {len(messages) + 1} is empty"
         messages.append({"role": role, "content": content})
-    roles = {m["role"] for m in messages}
-    if "user" not in roles or "assistant" not in roles:
-        return None, "messages needs at least one user and one assistant turn"
-    return messages, None
+    problem = conversation_problem(messages)
+    return (None, problem) if problem else (messages, None)
+
+
+def conversation_problem(messages: list[dict[str, str]]) -> str | None:
+    """Why these turns cannot train a chat model, or None: an optional system turn first, then
+    user and assistant alternating, starting with the user and ending with the assistant."""
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if any(m["role"] == "system" for m in turns):
+        return "a system message may only come first"
+    if not turns or turns[0]["role"] != "user":
+        return "the conversation must start with a user turn (after an optional system turn)"
+    for i, turn in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if turn["role"] != expected:
+            return f"turn {i + 1} is {turn['role']} where {expected} was expected: roles must alternate"
+    if turns[-1]["role"] != "assistant":
+        return "the last turn must be the assistant's (the answer to learn)"
+    return None
 
 
 def _maybe_json(value: Any) -> Any:

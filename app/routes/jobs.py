@@ -14,6 +14,7 @@ from app import store
 from app.auth import Principal
 from app.crud import jobs as crud
 from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
+from app.jobspec import Hyperparameters
 from app.models import Dataset, Job, TunedModel
 from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from app.schemas.common import MAX_INT32, IdQuery, JobIdPath, Limit, Offset, errors
@@ -25,7 +26,7 @@ from app.schemas.jobs import (
     JobsPublic,
 )
 from app.settings import Settings
-from worker.families import FAMILIES, TRAINABLE_TASKS
+from worker.families import FAMILIES, TRAINABLE_TASKS, TaskFamily
 
 log = logging.getLogger("tuneserve.api.jobs")
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
@@ -106,6 +107,14 @@ def _local_base_model(settings: Settings, principal: Principal, name: str) -> st
     return str(path)
 
 
+def _with_family_defaults(hp: Hyperparameters, family: TaskFamily, task: str) -> Hyperparameters:
+    """The task family's defaults for the fields the request did not set (chat: LoRA's learning
+    rate, longer sequences, best checkpoint by loss); what the request set is kept as sent."""
+    defaults = {"metric_for_best_model": family.default_metric(task), **family.job_defaults(task)}
+    unset = {k: v for k, v in defaults.items() if k not in hp.model_fields_set}
+    return hp.model_copy(update=unset) if unset else hp
+
+
 def _inside(path: Path, directories: list[Path]) -> bool:
     return any(path.is_relative_to(d) for d in directories)
 
@@ -117,14 +126,25 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
     if dataset is None:
         raise HTTPException(404, f"No dataset with id {job_in.dataset_id!r}; upload one with POST /datasets.")
     if dataset.task not in TRAINABLE_TASKS:
-        raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset; this version trains "
-                                 f"{' and '.join(sorted(TRAINABLE_TASKS))} classifiers. Upload it with "
-                                 "task=single_label and a text_column/label_column to train a classifier.")
-    hp = job_in.hyperparameters
-    allowed = FAMILIES[dataset.task].metric_names(dataset.task)
+        raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset, which no task family "
+                                 f"trains; trainable: {', '.join(sorted(TRAINABLE_TASKS))}.")
+    family = FAMILIES[dataset.task]
+    hp = _with_family_defaults(job_in.hyperparameters, family, dataset.task)
+    allowed = family.metric_names(dataset.task)
     if hp.metric_for_best_model not in allowed:
         raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "
                                  f"{dataset.task} jobs; choose one of {sorted(allowed)}.")
+    if dataset.task != "chat":
+        chat_fields = ("system_prompt", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+        chat_only = [k for k in chat_fields if k in hp.model_fields_set]
+        chat_only += ["finetuning"] if hp.finetuning == "lora" else []
+        if chat_only:
+            raise HTTPException(422, f"{', '.join(chat_only)} apply to chat jobs only; dataset {dataset.id} "
+                                     f"is {dataset.task} (classifiers are fully fine-tuned).")
+    elif not job_in.base_model:
+        raise HTTPException(422, "A chat job needs a causal language model as base_model (a Llama, Qwen, "
+                                 "GPT-2 ... directory or hub name); the default MiniLM is an encoder and "
+                                 "cannot generate text.")
     base_model, base_model_id = resolve_base_model(session, settings, principal, job_in.base_model)
     active = crud.count_active_jobs(session, tenant_id=principal.tenant_id)
     if active >= settings.max_active_jobs_per_key:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +17,7 @@ from app.auth import Principal
 from app.crud import models as crud
 from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
 from app.models import TunedModel
+from app.routes.generate import generations
 from app.schemas.common import Limit, ModelIdPath, Offset, errors
 from app.schemas.models import ModelPublic, ModelsPublic
 from app.serving.export import iter_targz
@@ -59,7 +62,7 @@ def _owned_dir(settings: Settings, path: str) -> Path | None:
 @router.delete("/{model_id}", status_code=204, response_class=Response)
 async def delete_model(
     model_id: ModelIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
-    principal: PrincipalDep,
+    principal: PrincipalDep, request: Request,
 ) -> Response:
     """Delete a tuned model (row, files, loaded copy); 409 while a job trains from it."""
     model = await run_in_threadpool(_get_or_404, session, principal, model_id)
@@ -74,6 +77,7 @@ async def delete_model(
     path = model.path
     await run_in_threadpool(crud.delete_model, session=session, model=model)
     predictor.evict(model_id)
+    generations(request).evict(model_id)  # a chat model's adapter leaves its shared base
     directory = _owned_dir(settings, path)
     if directory is not None:
         await run_in_threadpool(shutil.rmtree, directory, True)
@@ -87,18 +91,45 @@ async def delete_model(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/gzip": {}}, "description": "A tar.gz of the model directory."}},
 )
-def download_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalDep) -> StreamingResponse:
-    """The model as a tar.gz of a Hugging Face directory (transformers.pipeline loads it)."""
+def download_model(
+    model_id: ModelIdPath, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+    merged: bool = Query(False, description="A LoRA chat model: its adapter merged into the base (a plain "
+                         "model directory); without it, the adapter alone (a few MB, needs its base)."),
+) -> StreamingResponse:
+    """The model as a tar.gz of a Hugging Face directory (transformers.pipeline loads it; a LoRA
+    adapter loads with peft on its base, or download it merged)."""
     model = _get_or_404(session, principal, model_id)
     directory = Path(model.path)
-    if not (directory / "config.json").is_file():
+    adapter = (directory / "adapter_config.json").is_file()
+    if not adapter and not (directory / "config.json").is_file():
         raise HTTPException(
             status_code=409,
             detail=f"the files of model {model_id!r} are missing (no config.json in its directory); "
             "it cannot be exported",
         )
+    if not (adapter and merged):
+        name = f"{model_id}-adapter" if adapter else model_id
+        return StreamingResponse(
+            iter_targz(directory, name),
+            media_type="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="{name}.tar.gz"'},
+        )
+    from app.serving.generation import merge_to_directory, read_spec  # torch: only for a merge
+
+    staging = Path(tempfile.mkdtemp(prefix=f".merge-{model_id}-", dir=settings.data_dir))
+    try:
+        merge_to_directory(read_spec(model_id, directory), staging / model_id)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    def stream() -> Iterator[bytes]:
+        try:
+            yield from iter_targz(staging / model_id, f"{model_id}-merged")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     return StreamingResponse(
-        iter_targz(directory, model_id),
-        media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{model_id}.tar.gz"'},
+        stream(), media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"'},
     )

@@ -47,6 +47,8 @@ def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
         model = principal.visible(crud.get_model(session=session, model_id=model_id))
     if model is None:
         raise HTTPException(404, f"model {model_id!r} not found")
+    if model.task == "chat":
+        raise HTTPException(422, f"model {model_id!r} is a chat model; POST /generate answers with it")
     return ModelSpec(
         model_id=model.id,
         path=Path(model.path),

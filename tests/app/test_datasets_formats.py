@@ -86,6 +86,17 @@ def test_jsonl_chat_messages(client, settings) -> None:  # type: ignore[no-untyp
     lines.append(json.dumps({"messages": [{"role": "user", "content": "혼자"}]}))  # no assistant turn
     robot = [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]
     lines.append(json.dumps({"messages": robot}))
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+             {"role": "assistant", "content": "c"}]
+    lines.append(json.dumps({"messages": twice}))
+    late_system = [{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
+                   {"role": "assistant", "content": "c"}]
+    lines.append(json.dumps({"messages": late_system}))
+    empty = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}]
+    lines.append(json.dumps({"messages": empty}))
+    starts_with_answer = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"},
+                          {"role": "assistant", "content": "c"}]
+    lines.append(json.dumps({"messages": starts_with_answer}))
     resp = upload(client, ("\n".join(lines) + "\n").encode(), "chat.jsonl")
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -93,8 +104,12 @@ def test_jsonl_chat_messages(client, settings) -> None:  # type: ignore[no-untyp
     assert (body["text_column"], body["labels"]) == ("messages", [])
     assert body["num_rows"] == {"train": 9, "validation": 3}
     reasons = {r["row"]: r["reason"] for r in body["rejected_rows"]}
-    assert reasons == {13: "messages needs at least one user and one assistant turn",
-                       14: "message role 'robot' is not system, user or assistant"}
+    assert reasons == {13: "the last turn must be the assistant's (the answer to learn)",
+                       14: "message role 'robot' is not system, user or assistant",
+                       15: "turn 2 is user where assistant was expected: roles must alternate",
+                       16: "a system message may only come first",
+                       17: "the assistant message 2 is empty",
+                       18: "the conversation must start with a user turn (after an optional system turn)"}
     table = pa.concat_tables([stored(settings, body["id"]), stored(settings, body["id"], "validation")])
     assert table.schema.field("messages").type == pa.list_(
         pa.struct([("role", pa.string()), ("content", pa.string())]))

@@ -81,10 +81,27 @@ def test_create_job_rejects_a_directory_that_is_no_model(client: Any, tmp_path: 
     assert _job_count() == 0
 
 
-def test_chat_datasets_are_refused_with_a_way_out(client: Any) -> None:
-    resp = client.post("/jobs", json={"dataset_id": _dataset(task="chat", labels=[])})
+def test_a_chat_job_needs_a_causal_lm_and_gets_the_chat_defaults(client: Any, tiny_chat_lm_dir: Path) -> None:
+    dataset_id = _dataset(task="chat", labels=[])
+    resp = client.post("/jobs", json={"dataset_id": dataset_id})
     assert resp.status_code == 422
-    assert "task=single_label" in resp.json()["detail"]
+    assert "causal language model as base_model" in resp.json()["detail"]
+    assert "single_label" not in resp.json()["detail"]  # no advice to re-upload as a classifier
+    resp = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": str(tiny_chat_lm_dir),
+                                      "hyperparameters": {"max_seq_length": 256}})
+    assert resp.status_code == 201, resp.text
+    hp = resp.json()["hyperparameters"]
+    assert (hp["metric_for_best_model"], hp["learning_rate"], hp["max_seq_length"]) == ("loss", 2e-4, 256)
+    lora = (hp["finetuning"], hp["lora_r"], hp["lora_alpha"], hp["lora_target_modules"])
+    assert lora == ("auto", 16, 32, None)
+    resp = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": str(tiny_chat_lm_dir),
+                                      "hyperparameters": {"metric_for_best_model": "f1_macro"}})
+    assert resp.status_code == 422 and "token_accuracy" in resp.json()["detail"]
+
+
+def test_chat_hyperparameters_are_refused_for_a_classifier(client: Any) -> None:
+    resp = client.post("/jobs", json={"dataset_id": _dataset(), "hyperparameters": {"lora_r": 8}})
+    assert resp.status_code == 422 and "lora_r apply to chat jobs only" in resp.json()["detail"]
 
 
 def test_local_model_directory_is_accepted(client: Any, tiny_encoder_dir: Path) -> None:

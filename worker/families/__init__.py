@@ -7,8 +7,8 @@ multi_label, chat). A family serves one or more tasks and owns, for them:
     build_training_task the TrainingTask the one loop (worker/loop.py) trains
     model_meta          what a tuned model records beside its files (export and registration)
     compare             the report stored under `comparison` on the job (classification: the
-                        tuned model beside the majority and TF-IDF baselines on the same rows)
-    runtime             how a tuned model is loaded to serve it
+                        tuned model beside the majority and TF-IDF baselines on the same rows;
+                        chat: base vs tuned replies to held-out prompts)
 
 Modules here import nothing heavy at import time: the API imports this package for the
 catalogue, and torch/transformers load only when a worker or the serving runtime needs them.
@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from worker.families.chat import CHAT
 from worker.families.classification import CLASSIFICATION
 
 if TYPE_CHECKING:
@@ -37,6 +38,18 @@ class TaskFamily(Protocol):
 
     def greater_is_better(self, metric: str) -> bool: ...
 
+    def default_metric(self, task: str) -> str:
+        """metric_for_best_model when the job does not choose one."""
+        ...
+
+    def job_defaults(self, task: str) -> dict[str, Any]:
+        """Hyperparameters whose default differs for this task, applied where the job sets none."""
+        ...
+
+    def setup_events(self, training_task: Any, config: TrainConfig) -> list[tuple[str, str, dict[str, Any]]]:
+        """(kind, message, data) events to record before the loop starts (what the build decided)."""
+        ...
+
     def build_training_task(self, dataset_dir: Path, labels: list[str], task: str, base_model: str,
                             config: TrainConfig) -> TrainingTask: ...
 
@@ -48,7 +61,7 @@ class TaskFamily(Protocol):
     def compare(self, job_id: str, model_id: str | None = None) -> dict[str, Any]: ...
 
 
-FAMILIES: dict[str, TaskFamily] = {task: family for family in (CLASSIFICATION,) for task in family.tasks}
+FAMILIES: dict[str, TaskFamily] = {task: family for family in (CLASSIFICATION, CHAT) for task in family.tasks}
 TRAINABLE_TASKS = frozenset(FAMILIES)
 
 

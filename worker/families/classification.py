@@ -31,6 +31,15 @@ class ClassificationFamily:
     def greater_is_better(self, metric: str) -> bool:
         return metric not in LOWER_IS_BETTER
 
+    def default_metric(self, task: str) -> str:
+        return "f1_macro"
+
+    def job_defaults(self, task: str) -> dict[str, Any]:
+        return {}
+
+    def setup_events(self, training_task: Any, config: TrainConfig) -> list[tuple[str, str, dict[str, Any]]]:
+        return []
+
     def build_training_task(self, dataset_dir: Path, labels: list[str], task: str, base_model: str,
                             config: TrainConfig) -> TrainingTask:
         from worker.classification import build_classification_task

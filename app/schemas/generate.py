@@ -1,0 +1,42 @@
+"""Generation payloads: POST /generate. Limits from settings (prompt tokens, max_new_tokens,
+concurrent generations) are checked by the route, so the 4xx names the configured values."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str
+    messages: list[ChatMessage] = Field(
+        min_length=1, description="The conversation so far; the last turn is the user's.")
+    max_new_tokens: int = Field(256, ge=1, description="Most tokens in the reply.")
+    temperature: float = Field(0.7, ge=0, le=2, description="0: greedy (deterministic) decoding.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (ignored when greedy).")
+    stream: bool = Field(False, description="Answer Server-Sent Events, one per decoded piece of text.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    message: ChatMessage
+    usage: Usage
+    finish_reason: Literal["stop", "length"] = Field(
+        description="stop: the model ended its turn; length: max_new_tokens was reached.")

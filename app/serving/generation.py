@@ -1,0 +1,231 @@
+"""Chat models for /generate and the base-vs-tuned report: a base loaded once, LoRA adapters on it.
+
+A LoRA model is its base plus a few MB of adapter: every adapter of one base shares one copy of
+the base's weights (peft's named adapters on one PeftModel), and the adapter a request names is
+switched in under the base's lock. A fully fine-tuned chat model is loaded on its own.
+
+Imports torch and transformers: the API imports this module on the first /generate only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+
+from app import store
+
+# A tokenizer with no template of its own was trained with this one (worker/chat.py): the same
+# text must reach the model at serving time, so the template is saved with the tokenizer.
+
+
+@dataclass(frozen=True)
+class ChatSpec:
+    """What serving needs to know of a tuned chat model (from its row and tuneserve.json)."""
+
+    model_id: str
+    path: Path                 # the tuned model's directory (an adapter or a full model)
+    adapter: bool
+    base_path: str | None      # the base's directory or hub name (adapters only)
+    system_prompt: str | None = None
+
+
+def read_spec(model_id: str, path: Path) -> ChatSpec:
+    meta = store.read_model_meta(path)
+    adapter = (path / "adapter_config.json").is_file()
+    base = store.resolve_base_model(str(meta["base_model"])) if adapter and meta.get("base_model") else None
+    if adapter and base is None:
+        import json
+
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return ChatSpec(model_id=model_id, path=path, adapter=adapter, base_path=base,
+                    system_prompt=meta.get("system_prompt"))
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length
+
+
+class LoadedBase:
+    """One causal LM in memory, with any number of named LoRA adapters on it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
+        self.adapters: set[str] = set()
+        self.lock = threading.Lock()  # one generation at a time per base: the active adapter is global
+
+    def add_adapter(self, name: str, adapter_dir: Path) -> None:
+        from peft import PeftModel
+
+        if name in self.adapters:
+            return
+        if not self.adapters:
+            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
+        else:
+            self.model.load_adapter(str(adapter_dir), adapter_name=name)
+        self.adapters.add(name)
+
+    def drop_adapter(self, name: str) -> None:
+        with self.lock:
+            if name in self.adapters:
+                self.model.delete_adapter(name)
+                self.adapters.discard(name)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+
+
+class ChatRuntime:
+    """Tokenizer + base + (optional) adapter name: what one tuned chat model generates with."""
+
+    def __init__(self, base: LoadedBase, tokenizer: Any, adapter: str | None, system_prompt: str | None,
+                 eos_ids: list[int]) -> None:
+        self.base, self.tokenizer, self.adapter = base, tokenizer, adapter
+        self.system_prompt, self.eos_ids = system_prompt, eos_ids
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _generate_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        sample = temperature > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample,
+                                  "eos_token_id": self.eos_ids, "pad_token_id": self.tokenizer.pad_token_id}
+        if sample:
+            kwargs |= {"temperature": temperature, "top_p": top_p}
+        else:  # greedy: no sampling knobs, so transformers does not warn they are unused
+            kwargs |= {"temperature": None, "top_p": None, "top_k": None}
+        return kwargs
+
+    def _run(self, ids: list[int], kwargs: dict[str, Any], base_only: bool = False) -> torch.Tensor:
+        model = self.base.model
+        inputs = torch.tensor([ids], device=model.device)
+        with self.base.lock, torch.inference_mode():
+            if self.adapter is not None and not base_only:
+                model.set_adapter(self.adapter)
+                return model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+            if self.base.adapters:  # the base alone, under its adapters
+                with model.disable_adapter():
+                    return model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+            return model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+
+    def generate(self, ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 base_only: bool = False) -> Reply:
+        out = self._run(ids, self._generate_kwargs(max_new_tokens, temperature, top_p), base_only)
+        new = out[0, len(ids):].tolist()
+        stopped = bool(new) and new[-1] in self.eos_ids
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Reply(text=text, prompt_tokens=len(ids), completion_tokens=len(new),
+                     finish_reason="stop" if stopped or len(new) < max_new_tokens else "length")
+
+    def stream(self, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
+               top_p: float = 1.0) -> tuple[Iterator[str], threading.Thread, dict[str, Any]]:
+        """(text pieces as they are decoded, the generating thread, its result once joined)."""
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self._generate_kwargs(max_new_tokens, temperature, top_p) | {"streamer": streamer}
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                out = self._run(ids, kwargs)
+                new = out[0, len(ids):].tolist()
+                result["completion_tokens"] = len(new)
+                result["finish_reason"] = ("stop" if (new and new[-1] in self.eos_ids)
+                                           or len(new) < max_new_tokens else "length")
+            except BaseException as error:  # noqa: BLE001 - handed to the consumer
+                result["error"] = error
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="tuneserve-generate", daemon=True)
+        thread.start()
+        return iter(streamer), thread, result
+
+
+def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a reply: the generation config's (Llama 3 lists several) and the
+    tokenizer's EOS, which ends each turn in tuneserve's default template."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+class ChatModels:
+    """Loaded bases by path; a tuned chat model resolves to (base, adapter name, tokenizer)."""
+
+    def __init__(self) -> None:
+        self._bases: dict[str, LoadedBase] = {}
+        self._runtimes: dict[str, ChatRuntime] = {}
+        self._lock = threading.Lock()
+
+    def runtime(self, spec: ChatSpec) -> ChatRuntime:
+        with self._lock:
+            found = self._runtimes.get(spec.model_id)
+            if found is not None:
+                return found
+            tokenizer = AutoTokenizer.from_pretrained(str(spec.path))
+            if spec.adapter:
+                assert spec.base_path is not None
+                base = self._bases.get(spec.base_path)
+                if base is None:
+                    base = self._bases[spec.base_path] = LoadedBase(spec.base_path)
+                with base.lock:
+                    base.add_adapter(spec.model_id, spec.path)
+                adapter: str | None = spec.model_id
+            else:
+                base = self._bases[str(spec.path)] = LoadedBase(str(spec.path))
+                adapter = None
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            runtime = ChatRuntime(base, tokenizer, adapter, spec.system_prompt,
+                                  eos_ids_of(base.model, tokenizer))
+            self._runtimes[spec.model_id] = runtime
+            return runtime
+
+    def evict(self, model_id: str) -> bool:
+        with self._lock:
+            runtime = self._runtimes.pop(model_id, None)
+            if runtime is None:
+                return False
+            if runtime.adapter is not None:
+                runtime.base.drop_adapter(runtime.adapter)
+            users = [r for r in self._runtimes.values() if r.base is runtime.base]
+            if not users:
+                self._bases = {k: b for k, b in self._bases.items() if b is not runtime.base}
+            return True
+
+    def loaded_bases(self) -> list[str]:
+        return list(self._bases)
+
+
+def merge_to_directory(spec: ChatSpec, destination: Path) -> Path:
+    """The adapter merged into its base: a plain model directory `pipeline("text-generation")`
+    loads with no peft (the tokenizer, chat template included, beside it)."""
+    from peft import PeftModel
+
+    assert spec.adapter and spec.base_path is not None
+    base = AutoModelForCausalLM.from_pretrained(spec.base_path)
+    merged = PeftModel.from_pretrained(base, str(spec.path)).merge_and_unload()
+    merged.save_pretrained(destination)
+    AutoTokenizer.from_pretrained(str(spec.path)).save_pretrained(destination)
+    meta = store.read_model_meta(spec.path) | {"adapter": False, "merged_from": spec.model_id}
+    store.write_model_meta(destination, meta)
+    return destination
