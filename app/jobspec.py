@@ -3,13 +3,32 @@ worker (which reads it back from the job row), so neither reaches into the other
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # Step counts are stored in 32-bit SQL integers; numpy and torch take 32-bit seeds.
 MAX_INT32 = 2**31 - 1
 MAX_SEED = 2**32 - 1
+
+
+
+
+def _storable_text(value: str) -> str:
+    """No NUL byte (PostgreSQL text cannot hold one) and no lone surrogate (not encodable as
+    UTF-8, so the tokenizer fails on it): app/schemas/common.py's CleanStr rule, for the job spec."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte (\\u0000); remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains a lone surrogate at character {e.start}; send proper UTF-8 text") from e
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable_text)]
+# A module name as peft matches it (a suffix such as q_proj, or a dotted path).
+ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.]+$")]
 
 
 class Hyperparameters(BaseModel):
@@ -74,11 +93,11 @@ class Hyperparameters(BaseModel):
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_target_modules: list[str] | None = Field(
-        None, min_length=1,
+    lora_target_modules: list[ModuleName] | None = Field(
+        None, min_length=1, max_length=64,
         description="Module names LoRA wraps; default per architecture (Llama-family: q/k/v/o_proj).",
     )
-    system_prompt: str | None = Field(
+    system_prompt: Text | None = Field(
         None, min_length=1, max_length=8000,
         description="chat: a system turn added to every conversation that has none (and to /generate).",
     )

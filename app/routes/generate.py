@@ -21,10 +21,12 @@ from app.auth import Principal
 from app.crud import models as crud
 from app.db import new_session
 from app.deps import Authenticated, PrincipalDep
+from app.schemas.common import errors
 from app.schemas.generate import GenerateRequest, GenerateResponse
 from app.settings import Settings, get_settings
 
-router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated])
+router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated],
+                   responses=errors(400, 401, 404, 409, 413, 422, 429))
 
 
 class Generations:
@@ -90,10 +92,6 @@ def _load(gens: Generations, model_id: str, path: Path) -> Any:
     responses={
         200: {"content": {"text/event-stream": {}},
               "description": "With stream=true: `token` events, then one `done` event."},
-        404: {"description": "No such model."},
-        409: {"description": "The model's files are missing."},
-        422: {"description": "Not a chat model, a malformed conversation, or a limit exceeded."},
-        429: {"description": "Too many generations at once; retry after Retry-After seconds."},
     },
 )
 async def generate(body: GenerateRequest, request: Request, principal: PrincipalDep) -> Any:

@@ -3,25 +3,28 @@ concurrent generations) are checked by the route, so the 4xx names the configure
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import CleanStr, Id
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str = Field(min_length=1)
+    content: Annotated[CleanStr, Field(min_length=1)]
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
-    model_id: str
+    model_id: Id
     messages: list[ChatMessage] = Field(
-        min_length=1, description="The conversation so far; the last turn is the user's.")
-    max_new_tokens: int = Field(256, ge=1, description="Most tokens in the reply.")
+        min_length=1, max_length=1000, description="The conversation so far; the last turn is the user's.")
+    max_new_tokens: int = Field(256, ge=1, le=2**31 - 1, description="Most tokens in the reply "
+                                "(at most TUNESERVE_GENERATE_MAX_NEW_TOKENS).")
     temperature: float = Field(0.7, ge=0, le=2, description="0: greedy (deterministic) decoding.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (ignored when greedy).")
     stream: bool = Field(False, description="Answer Server-Sent Events, one per decoded piece of text.")
