@@ -21,7 +21,7 @@ from app.queue import TRAIN_TASK, enqueue
 from app.routes.jobs import resolve_base_model
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
-from worker.families import FAMILIES, TRAINABLE_TASKS
+from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
 
 log = logging.getLogger("tuneserve.api.experiments")
 router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Authenticated],
@@ -82,7 +82,8 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         raise HTTPException(422, f"{len(names)} base models; an experiment takes at most "
                                  f"{settings.max_experiment_models} (TUNESERVE_MAX_EXPERIMENT_MODELS).")
     experiment_in.base_models = names
-    per_model = _hyperparameters_per_model(experiment_in)
+    per_model = {name: with_job_defaults(hp, dataset.task)
+                 for name, hp in _hyperparameters_per_model(experiment_in).items()}
     family = FAMILIES[dataset.task]
     allowed = family.metric_names(dataset.task)
     for name, hp in per_model.items():
@@ -105,7 +106,8 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         # Each override as validated (coerced and in the job's terms), not as sent.
         "overrides": {name: {k: per_model[name].model_dump(mode="json")[k] for k in override}
                       for name, override in experiment_in.overrides.items()},
-        "primary_metric": experiment_in.hyperparameters.metric_for_best_model,
+        "primary_metric": with_job_defaults(experiment_in.hyperparameters,
+                                            dataset.task).metric_for_best_model,
     })
     jobs: list[Job] = []
     for name in names:

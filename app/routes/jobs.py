@@ -14,7 +14,6 @@ from app import store
 from app.auth import Principal
 from app.crud import jobs as crud
 from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
-from app.jobspec import Hyperparameters
 from app.models import Dataset, Job, TunedModel
 from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from app.schemas.common import MAX_INT32, IdQuery, JobIdPath, Limit, Offset, errors
@@ -26,7 +25,7 @@ from app.schemas.jobs import (
     JobsPublic,
 )
 from app.settings import Settings
-from worker.families import FAMILIES, TRAINABLE_TASKS, TaskFamily
+from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
 
 log = logging.getLogger("tuneserve.api.jobs")
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
@@ -107,14 +106,6 @@ def _local_base_model(settings: Settings, principal: Principal, name: str) -> st
     return str(path)
 
 
-def _with_family_defaults(hp: Hyperparameters, family: TaskFamily, task: str) -> Hyperparameters:
-    """The task family's defaults for the fields the request did not set (chat: LoRA's learning
-    rate, longer sequences, best checkpoint by loss); what the request set is kept as sent."""
-    defaults = {"metric_for_best_model": family.default_metric(task), **family.job_defaults(task)}
-    unset = {k: v for k, v in defaults.items() if k not in hp.model_fields_set}
-    return hp.model_copy(update=unset) if unset else hp
-
-
 def _inside(path: Path, directories: list[Path]) -> bool:
     return any(path.is_relative_to(d) for d in directories)
 
@@ -129,7 +120,7 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
         raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset, which no task family "
                                  f"trains; trainable: {', '.join(sorted(TRAINABLE_TASKS))}.")
     family = FAMILIES[dataset.task]
-    hp = _with_family_defaults(job_in.hyperparameters, family, dataset.task)
+    hp = with_job_defaults(job_in.hyperparameters, dataset.task)
     allowed = family.metric_names(dataset.task)
     if hp.metric_for_best_model not in allowed:
         raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "

@@ -75,3 +75,12 @@ def family_for(task: str) -> TaskFamily:
     except KeyError:
         raise UnsupportedTask(f"no task family trains {task!r} datasets; trainable: "
                               f"{', '.join(sorted(TRAINABLE_TASKS))}") from None
+
+
+def with_job_defaults(hp: Hyperparameters, task: str) -> Hyperparameters:
+    """The task family's defaults for the fields the request did not set (chat: LoRA's learning
+    rate, longer sequences, best checkpoint by loss); what the request set is kept as sent."""
+    family = family_for(task)
+    defaults = {"metric_for_best_model": family.default_metric(task), **family.job_defaults(task)}
+    unset = {k: v for k, v in defaults.items() if k not in hp.model_fields_set}
+    return hp.model_copy(update=unset) if unset else hp
