@@ -10,12 +10,38 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """The one place a stored time gets its zone: every time is written in UTC, and SQLite
+    (which has no zone-aware type) hands them back naive."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is written in UTC and always read back zone-aware, on SQLite as on
+    PostgreSQL, so every API response carries the zone (ISO 8601 with +00:00)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        # SQLite stores text: without the zone, string comparisons (heartbeat < cutoff) stay
+        # correct because every value is in the same zone.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return as_utc(value) if value is not None else None
 
 
 def new_id(prefix: str) -> str:
@@ -48,7 +74,7 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     # Directory holding train.parquet / validation.parquet / test.parquet.
     storage_path: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="dataset", passive_deletes=True)
 
@@ -58,7 +84,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    # NULL once the dataset was deleted: a finished job keeps its history and its model.
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_dataset_id_datasets"), index=True)
     base_model: Mapped[str] = mapped_column(Text)
     # The model row this job continues from, when base_model named a tuned model.
     base_model_id: Mapped[str | None] = mapped_column(String(40), index=True)
@@ -81,17 +109,20 @@ class Job(Base):
     best_metric_name: Mapped[str | None] = mapped_column(String(64))
     best_metric: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # Whose fault a failure was: data (the user's data or settings), environment (disk,
+    # memory, a missing package) or bug (tuneserve's own).
+    error_kind: Mapped[str | None] = mapped_column(String(16))
     model_id: Mapped[str | None] = mapped_column(String(40))
     comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
-    dataset: Mapped[Dataset] = relationship(back_populates="jobs")
+    dataset: Mapped[Dataset | None] = relationship(back_populates="jobs")
 
 
 class JobEvent(Base):
@@ -99,7 +130,7 @@ class JobEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -115,7 +146,7 @@ class MetricPoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[float] = mapped_column(Float)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Checkpoint(Base):
@@ -130,7 +161,7 @@ class Checkpoint(Base):
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
     # False once the files were pruned (keep best + last k); the row keeps the metrics.
     available: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class TunedModel(Base):
@@ -148,7 +179,7 @@ class TunedModel(Base):
     max_seq_length: Mapped[int | None] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ApiKey(Base):
@@ -161,8 +192,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(255))
     secret_sha256: Mapped[str] = mapped_column(String(64))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Experiment(Base):
@@ -188,4 +219,4 @@ class Experiment(Base):
     # What the leaderboard ranks by and the recommendation names (the jobs' metric_for_best_model).
     primary_metric: Mapped[str] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)

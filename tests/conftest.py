@@ -90,7 +90,8 @@ def client(settings):  # type: ignore[no-untyped-def]
 
 
 def make_tiny_classifier(
-    directory: Path, labels: list[str], *, multi_label: bool = False, seed: int = 0
+    directory: Path, labels: list[str], *, multi_label: bool = False, seed: int = 0,
+    max_positions: int = 512,
 ) -> Path:
     """A tiny random BERT sequence classifier (2 layers, hidden 32) saved as a Hugging Face
     directory, with the bundled MiniLM tokenizer so real text tokenizes as it would in use."""
@@ -107,7 +108,7 @@ def make_tiny_classifier(
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},

@@ -8,7 +8,6 @@ last k are kept. A resume restores all of it and continues as if never interrupt
 from __future__ import annotations
 
 import random
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -18,14 +17,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from app.store import atomic_dir
+# The layout (step-<n> directories, training_state.pt) is the model store's: the API reads it
+# too (resume, retention), so it is defined once there.
+from app.store import (
+    CHECKPOINT_PREFIX,
+    TRAINING_STATE_FILE,
+    atomic_dir,
+    checkpoint_step,
+    list_checkpoints,
+)
 from worker.protocols import TrainingSink
 
 if TYPE_CHECKING:
     from worker.adaptive_batch import Trainer
 
-TRAINING_STATE_FILE = "training_state.pt"
-CHECKPOINT_PREFIX = "step-"
 # Bumped when training_state.pt changes shape; an older checkpoint is then not resumed from.
 STATE_FORMAT = 1
 
@@ -57,19 +62,6 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (atomic_dir's temporaries have another name)."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)
-             and (p / TRAINING_STATE_FILE).is_file()]
-    return sorted(found, key=checkpoint_step)
 
 
 def remove_stale_temporaries(root: Path) -> None:

@@ -9,7 +9,6 @@ and scikit-learn metrics. Any AutoModelForSequenceClassification architecture.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,12 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from app.serving.decode import DEFAULT_THRESHOLD
 from app.settings import get_settings
 from app.store import load_options, resolve_base_model, tokenizer_options, write_model_meta
 from worker.config import TrainConfig
 from worker.families.classification import LOWER_IS_BETTER, MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
-from worker.metrics import multi_label_metrics, single_label_metrics, tune_thresholds
+from worker.metrics import multi_label_metrics, single_label_metrics
 from worker.protocols import Example, TrainingError
 
 log = logging.getLogger("tuneserve.worker.classification")
@@ -92,8 +92,9 @@ class ClassificationTask:
         if not self.multi_label:
             return single_label_metrics(logits, targets, self.labels)
         probabilities = 1.0 / (1.0 + np.exp(-logits))
-        self.thresholds = tune_thresholds(probabilities, targets)
-        return multi_label_metrics(probabilities, targets, self.labels, self.thresholds)
+        metrics = multi_label_metrics(probabilities, targets, self.labels)
+        self.thresholds = [metrics["thresholds"][name] for name in self.labels]
+        return metrics
 
     def greater_is_better(self, metric: str) -> bool:
         return metric not in LOWER_IS_BETTER
@@ -101,7 +102,7 @@ class ClassificationTask:
     def meta(self) -> dict[str, Any]:
         thresholds = None
         if self.multi_label:
-            values = self.thresholds or [0.5] * len(self.labels)
+            values = self.thresholds or [DEFAULT_THRESHOLD] * len(self.labels)
             thresholds = dict(zip(self.labels, values, strict=True))
         return {"task": self.task_name, "labels": self.labels, "thresholds": thresholds,
                 "max_seq_length": self.max_seq_length, "base_model": self.model_name}
@@ -180,12 +181,23 @@ def _baseline_loss(labels: list[Any], num_labels: int, multi_label: bool) -> flo
 
 
 def _unloadable(base_model: str, source: str, error: Exception) -> TrainingError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not Path(source).is_dir() and offline:
-        reason = "it is not a local directory and the hub is offline (HF_HUB_OFFLINE=1)"
-    else:
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    return TrainingError(f"Cannot load the base model {base_model!r} as a text classifier: {reason}.")
+    from huggingface_hub import is_offline_mode
+
+    if not Path(source).is_dir():
+        # A hub name the worker could not fetch: the machine's network or cache, not the data.
+        reason = ("it is not a local directory and the hub is offline (HF_HUB_OFFLINE is set) with no "
+                  "cached copy" if is_offline_mode() else
+                  f"it could not be fetched from the Hugging Face hub ({type(error).__name__}: "
+                  f"{_first_line(error)})")
+        return TrainingError(f"Cannot load the base model {base_model!r}: {reason}. Check the worker's "
+                             "network and HF_TOKEN, or pass a local model directory.", kind="environment")
+    return TrainingError(f"Cannot load the base model {base_model!r} as a text classifier: "
+                         f"{type(error).__name__}: {_first_line(error)}.")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def load_classifier(base_model: str, labels: list[str], multi_label: bool, seed: int) -> tuple[Any, Any]:

@@ -22,10 +22,17 @@ from sqlalchemy import delete
 
 from app.db import session_scope
 from app.models import Dataset, Job, JobEvent, MetricPoint, TunedModel, utcnow
+from app.serving.decode import DEFAULT_THRESHOLD
 from app.serving.runtime import LoadedModel
 from worker.baselines import BASELINE_NAMES, fit_baselines, targets_matrix
 from worker.families.classification import LOWER_IS_BETTER
-from worker.metrics import log_loss, multi_label_metrics, single_label_metrics, tune_thresholds
+from worker.metrics import (
+    cross_fitted_predictions,
+    log_loss,
+    multi_label_metrics,
+    single_label_metrics,
+    tune_thresholds,
+)
 
 log = logging.getLogger("tuneserve.worker.compare")
 
@@ -46,7 +53,7 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
         if job is None or not model_id:
             raise ValueError(f"job {job_id} has no tuned model to compare")
         tuned = session.get(TunedModel, model_id)
-        dataset = session.get(Dataset, job.dataset_id)
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         if tuned is None or dataset is None:
             raise ValueError(f"job {job_id}: its model or dataset was deleted")
         tuned_path, labels, task = Path(tuned.path), list(tuned.labels), tuned.task
@@ -63,9 +70,12 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
                               len(labels), multi)
     model = LoadedModel(tuned_path, task=task, num_labels=len(labels), max_seq_length=max_len)
     tuned_probs = {split: _scores(model, texts) for split, (texts, _) in rows.items()}
-    # Multi-label decisions: the tuned model keeps the thresholds it was tuned to on validation;
-    # each baseline gets its own, tuned the same way on the same validation rows.
-    cuts = {"tuned": [float(thresholds.get(name, 0.5)) for name in labels]}
+    # Multi-label decisions. On test rows: the tuned model keeps the thresholds it was tuned to on
+    # validation; each baseline gets its own, tuned the same way on the same validation rows. On
+    # the validation rows themselves every model is cross-fitted (each row decided at thresholds
+    # tuned on the other half), as the training loop's evaluation is: thresholds tuned on the
+    # rows they score would flatter the figures.
+    cuts = {"tuned": [float(thresholds.get(name, DEFAULT_THRESHOLD)) for name in labels]}
     for name, baseline in baselines.items():
         validation = baseline.probabilities.get("validation")
         if multi and validation is not None and "validation" in rows:
@@ -81,15 +91,17 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
     for split, (texts, truth) in rows.items():
         probs = {"tuned": tuned_probs[split]}
         probs.update({name: b.probabilities[split] for name, b in baselines.items() if not b.error})
-        figures = {name: _figures(p, truth, labels, multi, cuts.get(name)) for name, p in probs.items()}
+        tuned_here = multi and split == "validation"
+        split_cuts = {name: None if tuned_here else cuts.get(name) for name in probs}
+        figures = {name: _figures(p, truth, labels, multi, split_cuts[name]) for name, p in probs.items()}
         entry: dict[str, Any] = {"rows": len(texts), **figures}
         for name in BASELINE_NAMES:
             if name in figures:
                 entry[f"delta_vs_{name}"] = _delta(figures["tuned"], figures[name])
         if "tfidf" in probs:
             entry["disagreements_with_tfidf"] = _disagreements(
-                texts, truth, _decide(probs["tfidf"], multi, cuts.get("tfidf")),
-                _decide(probs["tuned"], multi, cuts["tuned"]), labels, multi)
+                texts, truth, _decide(probs["tfidf"], truth, multi, split_cuts["tfidf"]),
+                _decide(probs["tuned"], truth, multi, split_cuts["tuned"]), labels, multi)
         report["splits"][split] = entry
     report["created_at"] = utcnow().isoformat()
     _store(job_id, report)
@@ -147,10 +159,13 @@ def _delta(tuned: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, float) and isinstance(other.get(k), float)}
 
 
-def _decide(probs: np.ndarray, multi: bool, thresholds: list[float] | None) -> np.ndarray:
-    if multi:
-        return (probs >= np.asarray(thresholds if thresholds is not None else 0.5)).astype(np.int64)
-    return probs.argmax(axis=1)
+def _decide(probs: np.ndarray, truth: np.ndarray, multi: bool, thresholds: list[float] | None) -> np.ndarray:
+    """Decisions as _figures scores them: multi-label without thresholds is cross-fitted."""
+    if not multi:
+        return probs.argmax(axis=1)
+    if thresholds is None:
+        return cross_fitted_predictions(probs, truth).astype(np.int64)
+    return (probs >= np.asarray(thresholds)).astype(np.int64)
 
 
 def _names(row: np.ndarray | np.int64, labels: list[str], multi: bool) -> str | list[str]:

@@ -14,11 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
-
-class TrainingError(Exception):
-    """A failure the user can act on; its message is shown as the job's `error`."""
-
-
+# Re-exported: the loop's modules and the tasks raise it from here; worker/errors.py classifies it.
+from worker.errors import TrainingError as TrainingError
 
 # One tokenized example as the task made it; the loop reads only its "length" (in tokens).
 Example = Mapping[str, Any]

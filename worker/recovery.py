@@ -122,7 +122,8 @@ def requeue_dead_jobs() -> list[str]:
 
 
 def sweep_forever(stop: threading.Event) -> None:
-    interval_s = max(1.0, get_settings().job_lease_s / 2)
+    # A quarter of the lease: a dead worker's job moves within 1.25 x job_lease_s (see settings).
+    interval_s = max(0.5, get_settings().job_lease_s / 4)
     while True:
         try:
             requeue_dead_jobs()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.db import session_scope
 from app.models import Checkpoint, Job, JobEvent, MetricPoint
@@ -45,13 +45,16 @@ def add_event(job_id: str, kind: str, message: str, data: dict[str, Any] | None 
 
 class SqlSink:
     def __init__(self, job_id: str, lease: LeaseKeeper, min_progress_interval_s: float = 1.0,
-                 tensorboard_dir: Path | None = None) -> None:
+                 tensorboard_dir: Path | None = None, cancel_check_interval_s: float = 0.0) -> None:
         self.job_id = job_id
         self.lease = lease
         self.min_progress_interval_s = min_progress_interval_s
+        self.cancel_check_interval_s = cancel_check_interval_s
+        self._last_cancel_check = -math.inf
         self._last_progress_write = 0.0
         # Metric points are also written as TensorBoard scalars when a directory is given.
         self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir is not None else None
+        self._last_values: dict[str, Any] = {}
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         log.info("job %s: %s: %s", self.job_id, kind, message)
@@ -97,6 +100,7 @@ class SqlSink:
         total, step = values.get("total_steps"), values.get("step")
         if "progress" not in values and total and step is not None:
             values["progress"] = min(1.0, step / total)
+        self._last_values = values
         now = time.monotonic()
         # Throttled: one UPDATE per second at most, but never skip the final step's figures.
         if now - self._last_progress_write < self.min_progress_interval_s and step != total:
@@ -106,5 +110,26 @@ class SqlSink:
             session.execute(update(Job).where(Job.id == self.job_id, Job.state == "running")
                             .values(**values))
 
+    def last_progress(self) -> dict[str, Any]:
+        """The latest progress figures, written or not (the task writes them with the outcome)."""
+        return dict(self._last_values)
+
     def should_stop(self) -> bool:
-        return self.lease.cancel_requested.is_set() or self.lease.lease_lost.is_set()
+        """Asked by the loop after every optimizer step. A cancel is read from the job row here
+        (one primary-key read, well under a millisecond next to a step's tens of milliseconds
+        at least), so it is seen at the next step, not at the next heartbeat."""
+        if self.lease.cancel_requested.is_set() or self.lease.lease_lost.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_check < self.cancel_check_interval_s:
+            return False
+        self._last_cancel_check = now
+        try:
+            with session_scope() as session:
+                cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+        except Exception:  # a database hiccup must not stop training; the heartbeat sees it too
+            log.warning("job %s: reading the cancel flag failed", self.job_id, exc_info=True)
+            return False
+        if cancel:
+            self.lease.cancel_requested.set()
+        return bool(cancel)

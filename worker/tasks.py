@@ -7,15 +7,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app import store
+from app.crud.jobs import base_model_source
 from app.db import rows_updated, session_scope
 from app.jobspec import Hyperparameters
-from app.models import Dataset, Job, TunedModel, new_id, utcnow
+from app.models import Checkpoint, Dataset, Job, TunedModel, new_id, utcnow
 from app.queue import COMPARE_TASK, TRAIN_TASK
 from app.settings import get_settings
 from worker.celery_app import app
+from worker.errors import TrainingError, classify
 from worker.recovery import LeaseKeeper, claim_job, new_attempt_token
 from worker.sink import SqlSink, add_event
 from worker.tensorboard import TENSORBOARD_DIRNAME
@@ -34,7 +36,7 @@ def train(job_id: str) -> None:
     settings = get_settings()
     with LeaseKeeper(job_id, token, settings.heartbeat_interval_s) as lease:
         sink = SqlSink(job_id, lease, tensorboard_dir=store.job_dir(settings.models_dir, job_id)
-                       / TENSORBOARD_DIRNAME)
+                       / TENSORBOARD_DIRNAME, cancel_check_interval_s=settings.cancel_check_interval_s)
         if claim == "taken_over":
             sink.event("attempt", f"Worker {token} took over the job; it resumes from its last checkpoint.")
         else:
@@ -42,24 +44,55 @@ def train(job_id: str) -> None:
         try:
             outcome, fields = _run(job_id, sink)
         except Exception as exc:
-            outcome, fields = "failed", {"error": _error_message(exc)}
-            log.exception("job %s failed", job_id)
+            kind, message = classify(exc, job_id)
+            outcome, fields = "failed", {"error": message, "error_kind": kind}
+            log.exception("job %s failed (%s)", job_id, kind)
         finally:
             sink.close()
         if lease.lease_lost.is_set():
             log.warning("job %s: lease lost to another worker; this attempt leaves the job to it", job_id)
             return
+        # The row's step and progress are written throttled while training: the last figures
+        # go in now, so the job row and its metrics agree on where it ended.
+        fields = {**sink.last_progress(), **fields}
+        _retain_checkpoints(job_id, outcome)
     _finish(job_id, token, outcome, **fields)
 
 
-def _error_message(exc: Exception) -> str:
-    from worker.protocols import TrainingError
-
-    if isinstance(exc, TrainingError):
-        return str(exc)
-    return (f"Training stopped on an unexpected error ({type(exc).__name__}: {exc}). "
-            "This is a bug in tuneserve, not in your data: the job's events and the worker log "
-            "have the details; retrying the job resumes from its last checkpoint.")
+def _retain_checkpoints(job_id: str, outcome: str) -> None:
+    """What a finished job keeps on disk. Running, it keeps the best and the last k checkpoints
+    with their optimizer state (twice the weights). Finished: the newest checkpoint with its
+    state (what a resume or a continued run needs) and, after a failure or a cancel, the best
+    one's weights (exported when a resumed run ends); after a success, its tuned model is a
+    copy, so only `keep_checkpoints_after_success` newest ones stay. A failure here must not
+    change the job's outcome: the files are only surplus."""
+    settings = get_settings()
+    root = store.checkpoints_dir(settings.models_dir, job_id)
+    try:
+        with session_scope() as session:
+            rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).all()
+            best = {row.step for row in rows if row.is_best}
+        on_disk = [store.checkpoint_step(p) for p in store.list_checkpoints(root, resumable_only=False)]
+        newest = sorted(on_disk, reverse=True)
+        if outcome == "succeeded":
+            keep_state = set(newest[:1])
+            keep_weights = set(newest[:max(0, settings.keep_checkpoints_after_success)])
+            if settings.keep_checkpoints_after_success < 1:
+                keep_state = set()
+        else:
+            keep_state = {store.checkpoint_step(p) for p in store.list_checkpoints(root)[-1:]}
+            keep_weights = best
+        removed = store.prune_checkpoints(root, keep_state=keep_state, keep_weights=keep_weights - keep_state)
+        with session_scope() as session:
+            for path in removed:
+                session.execute(update(Checkpoint)
+                                .where(Checkpoint.job_id == job_id, Checkpoint.path == str(path))
+                                .values(available=False))
+        if removed:
+            log.info("job %s: %d checkpoint(s) removed at the end, %s kept", job_id, len(removed),
+                     sorted(keep_state | keep_weights))
+    except Exception:
+        log.warning("job %s: pruning its checkpoints failed; they stay on disk", job_id, exc_info=True)
 
 
 def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
@@ -72,10 +105,14 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        dataset = session.get(Dataset, job.dataset_id)
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         if dataset is None:
-            return "failed", {"error": f"Dataset {job.dataset_id} was deleted before the job ran."}
-        base_model_path = _base_model_path(session, job)
+            return "failed", {"error": "The job's dataset was deleted before the job ran; upload the data "
+                              "again and start a new job.", "error_kind": "data"}
+        base_model_path = base_model_source(session, job)
+        if base_model_path is None:
+            raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
+                                "start the job again from another model.")
         hp = Hyperparameters.model_validate(job.hyperparameters)
         dataset_dir, labels, task = Path(dataset.storage_path), list(dataset.labels), dataset.task
 
@@ -90,7 +127,8 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
     checkpoint = result.best_checkpoint if hp.load_best_model_at_end and result.best_checkpoint else None
     checkpoint = checkpoint or result.last_checkpoint
     if checkpoint is None:
-        return "failed", {"error": "Training ended without a checkpoint to export (no optimizer step ran)."}
+        return "failed", {"error": "Training ended without a checkpoint to export (no optimizer step ran).",
+                          "error_kind": "bug"}
     model_id = _register_model(job_id, Path(checkpoint), result, labels, task, hp)
     sink.event("model_ready", f"Tuned model {model_id} is ready to serve.", {"model_id": model_id,
                "checkpoint": str(checkpoint)})
@@ -111,18 +149,6 @@ def _compare_quietly(job_id: str, task: str, model_id: str, sink: SqlSink) -> No
                    f"POST /jobs/{job_id}/compare retries it.")
 
 
-def _base_model_path(session: Any, job: Job) -> str:
-    if job.base_model_id:
-        tuned = session.get(TunedModel, job.base_model_id)
-        if tuned is None:
-            from worker.protocols import TrainingError
-
-            raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
-                                "start the job again from another model.")
-        return str(tuned.path)
-    return store.resolve_base_model(job.base_model)
-
-
 def _register_model(job_id: str, checkpoint: Path, result: Any, labels: list[str], task: str,
                     hp: Hyperparameters) -> str:
     from worker.export import export_tuned_model
@@ -141,7 +167,7 @@ def _register_model(job_id: str, checkpoint: Path, result: Any, labels: list[str
             session.add(TunedModel(
                 id=model_id, tenant_id=job.tenant_id, job_id=job_id, base_model=job.base_model, task=task,
                 labels=labels, thresholds=meta.get("thresholds"), metrics=_flat_metrics(metrics),
-                max_seq_length=hp.max_seq_length, path=str(destination),
+                max_seq_length=int(meta["max_seq_length"]), path=str(destination),
                 size_bytes=store.dir_size_bytes(destination),
             ))
             session.flush()
@@ -165,9 +191,11 @@ def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
     if not done:
         log.warning("job %s: final state %s not recorded (no longer owned by this attempt)", job_id, state)
         return
-    message = {"succeeded": "The job succeeded.", "cancelled": "The job was cancelled.",
+    message = {"succeeded": "The job succeeded.",
+               "cancelled": f"The job was cancelled at step {fields.get('step')}.",
                "failed": f"The job failed: {fields.get('error')}"}[state]
-    add_event(job_id, state, message)
+    add_event(job_id, state, message, {"step": fields.get("step"), "error_kind": fields.get("error_kind")}
+              if state != "succeeded" else {"step": fields.get("step")})
 
 
 @app.task(name=COMPARE_TASK, acks_late=True)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
-from app.models import Dataset, Job
+from app.models import Dataset
 
 
 def create_dataset(session: Session, *, values: dict[str, Any]) -> Dataset:
@@ -36,10 +36,6 @@ def find_by_sha256(session: Session, *, sha256: str, principal: Principal) -> Da
     """The earliest dataset this caller can see that was uploaded with exactly these bytes."""
     query = principal.scope(select(Dataset), Dataset).where(Dataset.sha256 == sha256)
     return session.scalars(query.order_by(Dataset.created_at).limit(1)).first()
-
-
-def job_ids_using(session: Session, *, dataset_id: str) -> list[str]:
-    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id).order_by(Job.created_at)))
 
 
 def delete_dataset(session: Session, *, dataset: Dataset) -> None:

@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from app.db import rows_updated
-from app.models import Checkpoint, Job, JobEvent, MetricPoint, utcnow
+from app.models import Checkpoint, Job, JobEvent, MetricPoint, TunedModel, utcnow
+from app.store import resolve_base_model
 
 ACTIVE_STATES = ("queued", "running")
+RESUMABLE_STATES = ("failed", "cancelled")
 
 
 def get_job(session: Session, *, job_id: str) -> Job | None:
@@ -51,9 +53,9 @@ def add_event(session: Session, *, job_id: str, kind: str, message: str) -> None
     session.add(JobEvent(job_id=job_id, kind=kind, message=message))
 
 
-def mark_failed(session: Session, *, job_id: str, error: str) -> None:
+def mark_failed(session: Session, *, job_id: str, error: str, error_kind: str = "environment") -> None:
     session.execute(update(Job).where(Job.id == job_id).values(state="failed", error=error,
-                                                               finished_at=utcnow()))
+                                                               error_kind=error_kind, finished_at=utcnow()))
     add_event(session, job_id=job_id, kind="failed", message=error)
 
 
@@ -95,3 +97,34 @@ def list_checkpoints(session: Session, *, job_id: str) -> Sequence[Checkpoint]:
 def jobs_using_model(session: Session, *, model_id: str) -> Sequence[Job]:
     return session.scalars(select(Job).where(Job.base_model_id == model_id,
                                              Job.state.in_(ACTIVE_STATES))).all()
+
+
+def requeue_to_resume(session: Session, *, job_id: str) -> bool:
+    """A failed or cancelled job goes back to the queue; the worker resumes it from its last
+    checkpoint. Conditional, so two resume requests queue it once."""
+    done = rows_updated(session, update(Job).where(Job.id == job_id, Job.state.in_(RESUMABLE_STATES))
+                        .values(state="queued", error=None, error_kind=None, finished_at=None,
+                                cancel_requested=False, worker=None, heartbeat_at=None))
+    return bool(done)
+
+
+def delete_job(session: Session, *, job: Job) -> None:
+    """The row; its events, metric points and checkpoint rows go with it (ON DELETE CASCADE)."""
+    session.delete(job)
+    session.flush()
+
+
+def active_job_ids_using(session: Session, *, dataset_id: str) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id,
+                                                     Job.state.in_(ACTIVE_STATES))
+                                .order_by(Job.created_at)))
+
+
+def base_model_source(session: Session, job: Job) -> str | None:
+    """What from_pretrained loads for the job's base model: a tuned model's directory, the
+    bundled model's path, or the hub name / local path as given. None when the tuned model
+    it names was deleted."""
+    if job.base_model_id:
+        tuned = session.get(TunedModel, job.base_model_id)
+        return str(tuned.path) if tuned is not None else None
+    return resolve_base_model(job.base_model)

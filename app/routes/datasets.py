@@ -10,11 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import IntegrityError
 from starlette.types import Message
 
 from app.auth import Principal
 from app.crud import datasets as crud
+from app.crud import jobs as job_crud
 from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
 from app.ingest import IngestError, IngestOptions, IngestResult, SourceFile, UploadTooLarge, ingest
 from app.ingest.guards import ReadLimits
@@ -259,19 +259,15 @@ def read_dataset(dataset_id: DatasetIdPath, session: SessionDep, settings: Setti
 @router.delete("/{dataset_id}", status_code=204, response_model=None)
 def delete_dataset(dataset_id: DatasetIdPath, session: SessionDep, settings: SettingsDep,
                    principal: PrincipalDep) -> Response:
-    """Delete a dataset and its files, unless a job uses it."""
+    """Delete a dataset and its files, unless a queued or running job uses it. Finished jobs
+    keep their history and models (their `dataset_id` becomes null)."""
     dataset = _get_or_404(session, principal, dataset_id)
-    jobs = crud.job_ids_using(session, dataset_id=dataset_id)
+    jobs = job_crud.active_job_ids_using(session, dataset_id=dataset_id)
     if jobs:
         raise HTTPException(409, _in_use(dataset_id, jobs))
     directory = Path(dataset.storage_path)
-    try:
-        crud.delete_dataset(session, dataset=dataset)
-        session.commit()
-    except IntegrityError as e:  # a job was created in between
-        session.rollback()
-        jobs = crud.job_ids_using(session, dataset_id=dataset_id)
-        raise HTTPException(409, _in_use(dataset_id, jobs)) from e
+    crud.delete_dataset(session, dataset=dataset)
+    session.commit()
     # Only ever remove a directory inside the datasets dir, whatever the row says.
     if directory.resolve().parent == settings.datasets_dir.resolve():
         remove_dataset(directory)
@@ -279,5 +275,5 @@ def delete_dataset(dataset_id: DatasetIdPath, session: SessionDep, settings: Set
 
 
 def _in_use(dataset_id: str, jobs: list[str]) -> str:
-    return (f"dataset {dataset_id} is used by job(s) {', '.join(jobs)}: a dataset stays while jobs refer "
-            "to it; delete those jobs first")
+    return (f"dataset {dataset_id} is used by queued or running job(s) {', '.join(jobs)}; cancel them "
+            "(POST /jobs/{id}/cancel) or wait for them to finish, then delete it")

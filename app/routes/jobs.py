@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from app import store
 from app.auth import Principal
 from app.crud import jobs as crud
-from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
+from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
 from app.models import Dataset, Job, TunedModel
 from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
+from app.routes.models import remove_model
 from app.schemas.common import MAX_INT32, IdQuery, JobIdPath, Limit, Offset, errors
 from app.schemas.jobs import (
     CheckpointPublic,
@@ -62,13 +65,7 @@ def resolve_base_model(session: SessionDep, settings: Settings, principal: Princ
     if not HUB_ID.match(name):
         raise HTTPException(422, f"base_model {name!r} is neither a local directory nor a Hugging Face hub "
                                  "name such as 'klue/bert-base'.")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise HTTPException(422, f"base_model {name!r} is not in the local Hugging Face cache and the "
-                                     "hub is offline (HF_HUB_OFFLINE=1). Download it on a machine with a "
-                                     "network and pass its directory, or unset HF_HUB_OFFLINE.")
+    _check_hub_model(name, settings.hub_check_timeout_s)
     return name, None
 
 
@@ -108,6 +105,33 @@ def _local_base_model(settings: Settings, principal: Principal, name: str) -> st
 
 def _inside(path: Path, directories: list[Path]) -> bool:
     return any(path.is_relative_to(d) for d in directories)
+
+
+def _check_hub_model(name: str, timeout_s: float) -> None:
+    """A hub name is accepted when it is in the local cache, or when the hub says it exists.
+    Without a network the answer is a 422 within `timeout_s`, not a job that hangs in a worker."""
+    from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if is_offline_mode():
+        raise HTTPException(422, f"base_model {name!r} is not in the local Hugging Face cache and the "
+                                 "hub is offline (HF_HUB_OFFLINE is set). Unset HF_HUB_OFFLINE on a "
+                                 "machine with a network, or download the model and pass its directory.")
+    try:
+        HfApi().model_info(name, timeout=timeout_s)
+    except RepositoryNotFoundError as exc:
+        raise HTTPException(422, f"base_model {name!r} is not a model on the Hugging Face hub (or it is "
+                                 "private or gated: set HF_TOKEN for the API and the worker).") from exc
+    except HfHubHTTPError as exc:
+        raise HTTPException(422, f"The Hugging Face hub refused base_model {name!r} ({exc}); check the "
+                                 "name, or download the model and pass its directory.") from exc
+    except Exception as exc:  # noqa: BLE001 - the hub client's transport errors (connect, timeout,
+        # DNS) are its HTTP library's own classes, whichever it uses: each means "not reachable".
+        raise HTTPException(422, f"base_model {name!r} is not in the local Hugging Face cache and the hub "
+                                 f"cannot be reached ({type(exc).__name__}: {exc}). Check the network (or "
+                                 "HF_ENDPOINT), or download the model and pass its directory.") from exc
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
@@ -165,6 +189,7 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     dataset_id: IdQuery = None,
@@ -174,18 +199,30 @@ def list_jobs(
     """List jobs, newest first."""
     rows, count = crud.list_jobs(session, principal=principal, state=state, dataset_id=dataset_id,
                                  limit=limit, offset=offset)
-    return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=count)
+    return JobsPublic(data=[_public(session, settings, r) for r in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> Job:
+def read_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
+             principal: PrincipalDep) -> JobPublic:
     """One job: state, progress, step/total, ETA, micro-batch, accumulation, best metric, error."""
-    return _get_job_or_404(session, principal, job_id)
+    return _public(session, settings, _get_job_or_404(session, principal, job_id))
+
+
+def _public(session: SessionDep, settings: Settings, job: Job) -> JobPublic:
+    """The job as the API shows it, with what it holds on disk: its checkpoints, and its tuned
+    model while that is registered (a model kept after DELETE /jobs is the model's, not the job's)."""
+    disk_bytes = store.dir_size_bytes(store.job_dir(settings.models_dir, job.id))
+    model = session.get(TunedModel, job.model_id) if job.model_id else None
+    if model is not None:
+        disk_bytes += model.size_bytes
+    return JobPublic.model_validate(job).model_copy(update={"disk_bytes": disk_bytes})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> Job:
-    """Cancel a job: at once when queued, within one optimizer step when running."""
+def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep) -> JobPublic:
+    """Cancel a job: at once when queued, at the next optimizer step when running."""
     job = _get_job_or_404(session, principal, job_id)
     if crud.cancel_queued(session, job_id=job_id):
         crud.add_event(session, job_id=job_id, kind="cancelled", message="Cancelled before it started.")
@@ -197,7 +234,69 @@ def cancel_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) 
         raise HTTPException(409, f"Job {job_id} already ended ({job.state}); there is nothing to cancel.")
     session.commit()
     session.refresh(job)
-    return job
+    return _public(session, settings, job)
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
+def resume_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep) -> JobPublic:
+    """Queue a failed or cancelled job again: it continues from its last good checkpoint with the
+    same effective batch and data order (from the start if it never saved one)."""
+    job = _get_job_or_404(session, principal, job_id)
+    if job.state not in crud.RESUMABLE_STATES:
+        raise HTTPException(409, f"Job {job_id} is {job.state}; only a failed or cancelled job can be "
+                                 "resumed." + (" Start a new job (POST /jobs) to train again."
+                                               if job.state == "succeeded" else ""))
+    if job.dataset_id is None or session.get(Dataset, job.dataset_id) is None:
+        raise HTTPException(409, f"Job {job_id}'s dataset was deleted, so it cannot continue; upload the "
+                                 "data again and start a new job.")
+    if job.base_model_id and session.get(TunedModel, job.base_model_id) is None:
+        raise HTTPException(409, f"Job {job_id}'s base model {job.base_model_id} was deleted, so it "
+                                 "cannot continue; start a new job from another model.")
+    if not crud.requeue_to_resume(session, job_id=job_id):
+        session.rollback()
+        raise HTTPException(409, f"Job {job_id} changed state meanwhile; GET /jobs/{job_id} shows it.")
+    where = store.latest_resumable_checkpoint(store.checkpoints_dir(settings.models_dir, job_id))
+    crud.add_event(session, job_id=job_id, kind="resume_requested",
+                   message=f"Resume requested; it continues from the checkpoint at step {where[0]}."
+                   if where else "Resume requested; no checkpoint was saved, so it starts from step 0.")
+    session.commit()
+    try:
+        enqueue(TRAIN_TASK, job_id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job_id)
+        crud.mark_failed(session, job_id=job_id, error="The job could not be queued: the broker did not "
+                         "answer. Check GET /readyz, then POST /jobs/{id}/resume again.")
+        session.commit()
+        raise HTTPException(503, f"The broker did not answer, so job {job_id} could not be queued; it is "
+                                 "marked failed again. Check GET /readyz, then resume it again.") from exc
+    session.refresh(job)
+    return _public(session, settings, job)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response)
+async def delete_job(
+    job_id: JobIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
+    principal: PrincipalDep,
+    delete_model: bool = Query(False, description="Also delete the job's tuned model (kept by default)."),
+) -> Response:
+    """Delete a finished job: its rows (events, metrics, checkpoints) and files. 409 while it is
+    queued or running. Its tuned model stays registered unless `delete_model=true`."""
+    job = await run_in_threadpool(_get_job_or_404, session, principal, job_id)
+    if job.state in crud.ACTIVE_STATES:
+        raise HTTPException(409, f"Job {job_id} is {job.state}; cancel it first (POST /jobs/{job_id}/cancel) "
+                                 "and delete it once it has stopped.")
+    model = session.get(TunedModel, job.model_id) if job.model_id else None
+    if delete_model and model is not None:
+        await remove_model(session, settings, predictor, model)
+    await run_in_threadpool(_delete_job_rows, session, job)
+    await run_in_threadpool(shutil.rmtree, store.job_dir(settings.models_dir, job_id), True)
+    return Response(status_code=204)
+
+
+def _delete_job_rows(session: SessionDep, job: Job) -> None:
+    crud.delete_job(session, job=job)
+    session.commit()
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])
@@ -246,12 +345,16 @@ def list_job_checkpoints(job_id: JobIdPath, session: SessionDep, principal: Prin
 
 
 @router.post("/{job_id}/compare", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
-def compare_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep) -> Job:
+def compare_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
+                principal: PrincipalDep) -> JobPublic:
     """Recompute the comparison of a succeeded job with its baselines (the result lands in /metrics)."""
     job = _get_job_or_404(session, principal, job_id)
     if job.state != "succeeded" or not job.model_id:
         raise HTTPException(409, f"Job {job_id} is {job.state}; only a succeeded job has a tuned model "
                                  "to compare with the baselines.")
+    if job.dataset_id is None or session.get(TunedModel, job.model_id) is None:
+        raise HTTPException(409, f"Job {job_id}'s dataset or tuned model was deleted; there is nothing "
+                                 "left to compare.")
     crud.add_event(session, job_id=job_id, kind="comparison_requested",
                    message="Comparison with the baselines queued.")
     session.commit()
@@ -259,4 +362,4 @@ def compare_job(job_id: JobIdPath, session: SessionDep, principal: PrincipalDep)
         enqueue(COMPARE_TASK, job_id)
     except Exception as exc:
         raise HTTPException(503, "The broker did not answer; check GET /readyz and try again.") from exc
-    return job
+    return _public(session, settings, job)

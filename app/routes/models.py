@@ -66,6 +66,14 @@ async def delete_model(
 ) -> Response:
     """Delete a tuned model (row, files, loaded copy); 409 while a job trains from it."""
     model = await run_in_threadpool(_get_or_404, session, principal, model_id)
+    await remove_model(session, settings, predictor, model)
+    return Response(status_code=204)
+
+
+async def remove_model(session: Any, settings: Settings, predictor: Any, model: TunedModel) -> None:
+    """Row, files (when inside the store) and loaded copy; 409 while a job trains from it.
+    DELETE /jobs/{id}?delete_model=true goes through here too."""
+    model_id = model.id
     active = await run_in_threadpool(crud.active_jobs_from_model, session=session, model_id=model_id)
     if active:
         jobs = ", ".join(f"{job.id} ({job.state})" for job in active)
@@ -83,7 +91,6 @@ async def delete_model(
         await run_in_threadpool(shutil.rmtree, directory, True)
     else:
         log.warning("model %s deleted; its files at %s lie outside the store and were kept", model_id, path)
-    return Response(status_code=204)
 
 
 @router.get(

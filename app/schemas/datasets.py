@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RejectedRow(BaseModel):
@@ -36,12 +36,6 @@ class DatasetPublic(BaseModel):
     sha256: str
     size_bytes: int
     created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _as_utc(cls, value: datetime) -> datetime:
-        # SQLite returns naive datetimes; every time we store is UTC.
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class DatasetDetail(DatasetPublic):

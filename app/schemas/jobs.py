@@ -31,7 +31,7 @@ class JobPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    dataset_id: str
+    dataset_id: str | None = Field(description="Null once the dataset was deleted (the job's history stays).")
     experiment_id: str | None = None
     base_model: str
     task: str
@@ -50,8 +50,12 @@ class JobPublic(BaseModel):
     best_metric: float | None
     hyperparameters: dict[str, Any]
     error: str | None
+    error_kind: Literal["data", "environment", "bug"] | None = Field(
+        None, description="Whose fault a failure was: the data or job settings, the environment "
+        "(disk, memory, a missing package), or a bug in tuneserve.")
     model_id: str | None
     attempts: int
+    disk_bytes: int = Field(0, description="Bytes on disk: the job's checkpoints plus its tuned model.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

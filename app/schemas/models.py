@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,12 +29,6 @@ class ModelPublic(BaseModel):
     def _label_names(cls, value: list[object]) -> list[str]:
         """Label names as JSON object keys will show them (a dataset's labels may be 0/1)."""
         return [str(label) for label in value]
-
-    @field_validator("created_at")
-    @classmethod
-    def _as_utc(cls, value: datetime) -> datetime:
-        """SQLite hands timestamps back without their zone; they were written in UTC."""
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class ModelsPublic(BaseModel):

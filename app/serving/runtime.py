@@ -67,7 +67,10 @@ class LoadedModel:
             )
         self.model = model.to(serving_device(device)).eval()
         self.multi_label = task == "multi_label"
-        self.max_length = max_seq_length or self._default_max_length()
+        # The recorded length is the one the model was trained at; the position limit still caps
+        # it, for models registered before the length was recorded capped.
+        limit = self._default_max_length()
+        self.max_length = min(max_seq_length, limit) if max_seq_length else limit
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
         self.device = next(model.parameters()).device

@@ -175,9 +175,34 @@ def test_delete_refused_while_a_job_uses_it(client, settings) -> None:  # type: 
         session.add(Job(id="job_uses_it", dataset_id=dataset_id, base_model="tiny", task="single_label"))
     resp = client.delete(f"/datasets/{dataset_id}")
     assert resp.status_code == 409
-    assert "job_uses_it" in resp.json()["detail"] and "delete those jobs first" in resp.json()["detail"]
+    detail = resp.json()["detail"]
+    assert "job_uses_it" in detail and "cancel them" in detail and "wait for them to finish" in detail
     assert (settings.datasets_dir / dataset_id / "train.parquet").is_file()
     assert dataset_rows(settings) == 1
+
+
+def test_a_dataset_only_finished_jobs_used_is_deleted_and_they_keep_their_history(  # type: ignore[no-untyped-def]
+    client, settings
+) -> None:
+    from app.db import session_scope
+    from app.models import Job, JobEvent
+
+    dataset_id = upload(client, HATE_SLICE, "hate.tsv").json()["id"]
+    with session_scope(settings.database_url) as session:
+        for job_id, state in (("job_done", "succeeded"), ("job_failed", "failed"), ("job_off", "cancelled")):
+            session.add(Job(id=job_id, dataset_id=dataset_id, base_model="tiny", task="single_label",
+                            state=state))
+            session.flush()
+            session.add(JobEvent(job_id=job_id, kind=state, message="ended"))
+    assert client.delete(f"/datasets/{dataset_id}").status_code == 204
+    assert not (settings.datasets_dir / dataset_id).exists() and dataset_rows(settings) == 0
+    done = client.get("/jobs/job_done").json()
+    assert done["state"] == "succeeded" and done["dataset_id"] is None
+    assert [e["kind"] for e in client.get("/jobs/job_done/events").json()] == ["succeeded"]
+    # A job whose data is gone cannot continue: resuming it says so and changes nothing.
+    refused = client.post("/jobs/job_failed/resume")
+    assert refused.status_code == 409 and "dataset was deleted" in refused.json()["detail"]
+    assert client.get("/jobs/job_failed").json()["state"] == "failed"
 
 
 def test_hostile_file_name_is_reduced_to_its_base_name(client, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -166,3 +166,46 @@ def test_unreachable_broker_fails_the_job_with_a_reason(
         jobs = c.get("/jobs").json()["data"]
     assert len(jobs) == 1 and jobs[0]["state"] == "failed"
     assert "broker did not answer" in jobs[0]["error"]
+
+
+def _hub_cache_with(cache: Path, repo_id: str, model_dir: Path) -> None:
+    """A Hugging Face hub cache holding `repo_id` at revision main, laid out as
+    huggingface_hub writes it (refs/main -> snapshots/<commit>/...)."""
+    import shutil
+
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+
+
+def test_hub_names_offline_cached_or_unreachable(client: Any, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    from huggingface_hub import constants
+
+    dataset_id = _dataset()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _hub_cache_with(tmp_path / "hub", "someorg/tiny-bert", tiny_encoder_dir)
+    # Offline (as the tests run): a cached name is accepted, an uncached one refused in words.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cached = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": "someorg/tiny-bert"})
+    assert cached.status_code == 201, cached.text
+    assert cached.json()["base_model"] == "someorg/tiny-bert"
+    refused = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": "someorg/not-cached"})
+    assert refused.status_code == 422
+    assert "not in the local Hugging Face cache" in refused.json()["detail"]
+    assert "HF_HUB_OFFLINE" in refused.json()["detail"]
+
+    # Online but with no network to reach (a closed port): a quick 422, not a hang.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    jobs_before = _job_count()
+    resp = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": "someorg/not-cached"})
+    assert resp.status_code == 422
+    detail = resp.json()["detail"]
+    assert "not in the local Hugging Face cache" in detail and "cannot be reached" in detail
+    assert _job_count() == jobs_before
+    # Cached names never need the network, online or not.
+    again = client.post("/jobs", json={"dataset_id": dataset_id, "base_model": "someorg/tiny-bert"})
+    assert again.status_code == 201, again.text

@@ -64,7 +64,8 @@ def test_list_and_read_models(client, settings) -> None:  # type: ignore[no-unty
 
 def test_delete_removes_row_files_and_loaded_copy(client, settings) -> None:  # type: ignore[no-untyped-def]
     model_id = register_model(settings)
-    directory = Path(client.get(f"/models/{model_id}").json() and settings.models_dir) / "models" / model_id
+    assert client.get(f"/models/{model_id}").json()["id"] == model_id
+    directory = Path(settings.models_dir) / "models" / model_id
     assert directory.is_dir()
     assert client.post("/predict", json={"model_id": model_id, "texts": ["hi"]}).status_code == 200
     assert model_id in client.app.state.predictor.loaded()

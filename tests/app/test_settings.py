@@ -123,3 +123,55 @@ def test_bad_value_in_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("TUNESERVE_CONFIG", str(config))
     with pytest.raises(ValueError, match="max_upload_mb"):
         Settings()
+
+
+def test_a_seed_style_config_ini_names_what_it_ignores_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.settings import get_settings
+
+    config = tmp_path / "config.ini"
+    config.write_text(
+        "[Path]\ntrain_file = data/train.tsv\nvalid_file = data/dev.tsv\n"
+        "[Hyperparameters]\nmodel = beomi/kcbert-base\nepochs = 3\nbatch_size = 32\n"
+        "learning_rate = 2e-5\nmax_length = 128\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("TUNESERVE_CONFIG", str(config))
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="tuneserve.settings"):
+            settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert settings.max_upload_mb == 200  # nothing was read, and nothing silently
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "tuneserve.settings"]
+    assert str(config) in warning
+    assert "[Path] (train_file, valid_file)" in warning
+    assert "[Hyperparameters] (model, epochs, batch_size, learning_rate, max_length)" in warning
+    assert "hyperparameters (POST /jobs)" in warning
+
+
+def test_unknown_keys_in_the_tuneserve_section_and_toml_tables_are_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from app.settings import config_file_warnings
+
+    ini = tmp_path / "config.ini"
+    ini.write_text("[tuneserve]\nmax_upload_mb = 12\nmax_uplaod_mb = 13\n", encoding="utf-8")
+    monkeypatch.setenv("TUNESERVE_CONFIG", str(ini))
+    assert Settings().max_upload_mb == 12
+    (warning,) = config_file_warnings()
+    assert "key 'max_uplaod_mb'" in warning and "max_upload_mb" not in warning.replace("max_uplaod_mb", "")
+
+    toml = tmp_path / "tuneserve.toml"
+    toml.write_text("[tuneserve]\npreview_rows = 2\n[tuneserve.nested]\nx = 1\n[worker]\ny = 2\n",
+                    encoding="utf-8")
+    monkeypatch.setenv("TUNESERVE_CONFIG", str(toml))
+    (warning,) = config_file_warnings()
+    assert "[worker]" in warning and "[tuneserve.nested]" in warning
+
+    clean = tmp_path / "clean.ini"
+    clean.write_text("[tuneserve]\npreview_rows = 2\n", encoding="utf-8")
+    monkeypatch.setenv("TUNESERVE_CONFIG", str(clean))
+    assert config_file_warnings() == []

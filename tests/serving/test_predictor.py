@@ -62,7 +62,16 @@ async def test_multi_label_scores_are_independent_sigmoids(tmp_path: Path) -> No
     finally:
         await predictor.aclose()
     assert len(scores.probs) == len(MULTI_LABELS)
-    assert all(0 < p < 1 for p in scores.probs)
+    # Each label's probability is the sigmoid of its own logit (a softmax would couple them).
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(spec.path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(spec.path))
+    with torch.no_grad():
+        logits = model(**tokenizer(["a text"], return_tensors="pt")).logits[0]
+    assert scores.probs == pytest.approx(torch.sigmoid(logits).tolist(), abs=1e-5)
+    assert scores.probs != pytest.approx(torch.softmax(logits, dim=-1).tolist(), abs=1e-3)
 
 
 async def test_texts_over_max_length_are_truncated_and_flagged(tmp_path: Path) -> None:

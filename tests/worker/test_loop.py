@@ -13,6 +13,7 @@ from worker.checkpoints import TRAINING_STATE_FILE
 from worker.config import TrainConfig
 from worker.data_order import epoch_windows
 from worker.loop import run_training
+from worker.metrics import diagnose_fit
 from worker.protocols import TrainingError
 from worker.recording import RecordingSink
 
@@ -68,7 +69,14 @@ def test_a_run_logs_evaluates_and_keeps_the_best_and_last_checkpoints(
     evaluation = sink.eval_points[-1][2]
     for key in ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"):
         assert isinstance(evaluation[key], float)
-    assert evaluation["fit"] in {"underfitting", "learning", "good", "overfitting"}
+    # The diagnosis is made from the figures recorded beside it: this eval's loss, the mean train
+    # loss since the previous evaluation, and the earlier evaluations' losses.
+    earlier = [p[2]["loss"] for p in sink.eval_points[:-1]]
+    assert evaluation["fit"] == diagnose_fit(evaluation["train_loss"], evaluation["loss"], earlier,
+                                             task.baseline_loss)
+    assert [p[2]["fit"] for p in sink.eval_points] == [
+        diagnose_fit(p[2]["train_loss"], p[2]["loss"], [q[2]["loss"] for q in sink.eval_points[:i]],
+                     task.baseline_loss) for i, p in enumerate(sink.eval_points)]
     assert evaluation["confusion_matrix"]["labels"] == LABELS
     assert sum(map(sum, evaluation["confusion_matrix"]["matrix"])) == 12
     assert set(evaluation["per_class"]) == set(LABELS)
@@ -126,11 +134,13 @@ def test_an_unknown_best_metric_is_refused_before_training(small_dataset_dir: Pa
         run_training(task, config, tmp_path, RecordingSink())
 
 
-def test_fault_step_delay_slows_every_step(small_dataset_dir: Path, model_dir: Path, tmp_path: Path) -> None:
-    import time
+def test_fault_step_delay_sleeps_after_every_step(small_dataset_dir: Path, model_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import faults
 
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)  # record the delays instead of waiting
     config = make_config(max_steps=2, batch_size=4, micro_batch_size=4, fault_step_delay_s=0.3)
     task = build_task(small_dataset_dir, model_dir, config)
-    started = time.perf_counter()
     run_training(task, config, tmp_path, RecordingSink(stop_when=lambda step: step >= 2))
-    assert time.perf_counter() - started >= 0.6
+    assert slept == [0.3, 0.3]

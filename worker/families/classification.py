@@ -49,9 +49,13 @@ class ClassificationFamily:
 
     def model_meta(self, checkpoint: Path, task: str, labels: list[str], hp: Hyperparameters,
                    base_model: str, job_id: str) -> dict[str, Any]:
+        saved = store.read_model_meta(checkpoint)
+        # The length the model was trained at (the task caps the job's max_seq_length at the
+        # model's position limit): /predict truncates to it, never past what the model embeds.
         return {
-            "task": task, "labels": labels, "thresholds": store.read_model_meta(checkpoint).get("thresholds"),
-            "max_seq_length": hp.max_seq_length, "base_model": base_model, "job_id": job_id,
+            "task": task, "labels": labels, "thresholds": saved.get("thresholds"),
+            "max_seq_length": int(saved.get("max_seq_length") or hp.max_seq_length),
+            "base_model": base_model, "job_id": job_id,
         }
 
     def compare(self, job_id: str, model_id: str | None = None) -> dict[str, Any]:
