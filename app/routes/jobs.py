@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app import store
@@ -277,7 +277,7 @@ def resume_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
 @router.delete("/{job_id}", status_code=204, response_class=Response)
 async def delete_job(
     job_id: JobIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
-    principal: PrincipalDep,
+    principal: PrincipalDep, request: Request,
     delete_model: bool = Query(False, description="Also delete the job's tuned model (kept by default)."),
 ) -> Response:
     """Delete a finished job: its rows (events, metrics, checkpoints) and files. 409 while it is
@@ -288,7 +288,7 @@ async def delete_job(
                                  "and delete it once it has stopped.")
     model = session.get(TunedModel, job.model_id) if job.model_id else None
     if delete_model and model is not None:
-        await remove_model(session, settings, predictor, model)
+        await remove_model(session, settings, predictor, request, model)
     await run_in_threadpool(_delete_job_rows, session, job)
     await run_in_threadpool(shutil.rmtree, store.job_dir(settings.models_dir, job_id), True)
     return Response(status_code=204)

@@ -66,11 +66,12 @@ async def delete_model(
 ) -> Response:
     """Delete a tuned model (row, files, loaded copy); 409 while a job trains from it."""
     model = await run_in_threadpool(_get_or_404, session, principal, model_id)
-    await remove_model(session, settings, predictor, model)
+    await remove_model(session, settings, predictor, request, model)
     return Response(status_code=204)
 
 
-async def remove_model(session: Any, settings: Settings, predictor: Any, model: TunedModel) -> None:
+async def remove_model(session: Any, settings: Settings, predictor: Any, request: Request,
+                       model: TunedModel) -> None:
     """Row, files (when inside the store) and loaded copy; 409 while a job trains from it.
     DELETE /jobs/{id}?delete_model=true goes through here too."""
     model_id = model.id
