@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from app.store import resolve_base_model, write_model_meta
+from app.settings import get_settings
+from app.store import load_options, resolve_base_model, write_model_meta
 from worker.config import TrainConfig
 from worker.families.chat import CHAT_METRICS, default_lora_targets
 from worker.protocols import Example, TrainingError
@@ -120,7 +121,8 @@ class ChatTask:
 
             set_peft_model_state_dict(self.model, load_file(str(directory / "adapter_model.safetensors")))
             return
-        saved = getattr(type(self.model), "from_pretrained")(directory)  # noqa: B009 - untyped here
+        load = getattr(type(self.model), "from_pretrained")  # noqa: B009 - untyped here
+        saved = load(directory, **load_options(get_settings().trust_remote_code))
         self.model.load_state_dict(saved.state_dict())
         del saved
 
@@ -244,7 +246,7 @@ def load_causal_lm(base_model: str, seed: int) -> tuple[Any, Any]:
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(source, base_model)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **load_options(get_settings().trust_remote_code))
     except Exception as error:  # noqa: BLE001 - every reason becomes a message the user can act on
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise TrainingError(f"Cannot load the base model {base_model!r} as a causal language model "

@@ -49,7 +49,10 @@ def load_tokenizer(source: str, shown_name: str) -> Any:
 
     check_tokenizer_packages(source, shown_name)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        from app.settings import get_settings
+        from app.store import tokenizer_options
+
+        return AutoTokenizer.from_pretrained(source, **tokenizer_options(get_settings().trust_remote_code))
     except Exception as error:  # noqa: BLE001 - every reason becomes a message the user can act on
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise TrainingError(f"Cannot load the tokenizer of {shown_name!r}: {type(error).__name__}: "

@@ -19,9 +19,18 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
 from app import store
+from app.settings import get_settings
 
 # A tokenizer with no template of its own was trained with this one (worker/chat.py): the same
 # text must reach the model at serving time, so the template is saved with the tokenizer.
+
+
+def _load_options() -> dict[str, Any]:
+    return store.load_options(get_settings().trust_remote_code)  # safetensors only, as everywhere
+
+
+def _tokenizer_options() -> dict[str, Any]:
+    return store.tokenizer_options(get_settings().trust_remote_code)
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class LoadedBase:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options()).eval()
         self.adapters: set[str] = set()
         self.lock = threading.Lock()  # one generation at a time per base: the active adapter is global
 
@@ -181,7 +190,7 @@ class ChatModels:
             found = self._runtimes.get(spec.model_id)
             if found is not None:
                 return found
-            tokenizer = AutoTokenizer.from_pretrained(str(spec.path))
+            tokenizer = AutoTokenizer.from_pretrained(str(spec.path), **_tokenizer_options())
             if spec.adapter:
                 assert spec.base_path is not None
                 base = self._bases.get(spec.base_path)
@@ -222,10 +231,10 @@ def merge_to_directory(spec: ChatSpec, destination: Path) -> Path:
     from peft import PeftModel
 
     assert spec.adapter and spec.base_path is not None
-    base = AutoModelForCausalLM.from_pretrained(spec.base_path)
+    base = AutoModelForCausalLM.from_pretrained(spec.base_path, **_load_options())
     merged = PeftModel.from_pretrained(base, str(spec.path)).merge_and_unload()
     merged.save_pretrained(destination)
-    AutoTokenizer.from_pretrained(str(spec.path)).save_pretrained(destination)
+    AutoTokenizer.from_pretrained(str(spec.path), **_tokenizer_options()).save_pretrained(destination)
     meta = store.read_model_meta(spec.path) | {"adapter": False, "merged_from": spec.model_id}
     store.write_model_meta(destination, meta)
     return destination
