@@ -156,7 +156,8 @@ def _message(best: LeaderboardRow, metric: str, value: float, test: float | None
     head = "" if final else "So far (some jobs are still running): "
     if margin is None or tfidf is None:
         return (f"{head}Use {best.model_id} ({best.name}): {metric} {value:.4f} on validation{on_test}. "
-                "The TF-IDF baseline could not be fit on this dataset, so there is no linear model to beat.")
+                "There is no TF-IDF baseline to compare with (it is made for classification data, and "
+                "needs two classes in the train split).")
     tfidf_on_test = f" ({tfidf_test:.4f} on test)" if tfidf_test is not None else ""
     if margin > 0:
         return (f"{head}Use {best.model_id} ({best.name}): {metric} {value:.4f} on validation{on_test}, "
