@@ -6,19 +6,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app import leaderboard as board
 from app.auth import Principal
 from app.crud import experiments as crud
 from app.crud import jobs as jobs_crud
-from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
+from app.crud import models as models_crud
+from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
 from app.jobspec import Hyperparameters
 from app.models import Dataset, Experiment, Job
 from app.queue import TRAIN_TASK, enqueue
-from app.routes.jobs import resolve_base_model
+from app.routes.jobs import remove_job, resolve_base_model
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
 from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
@@ -215,3 +217,49 @@ def cancel_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
     for job in jobs:
         session.refresh(job)
     return _public(session, experiment, detailed=False, jobs=jobs)
+
+
+@router.delete("/{experiment_id}", status_code=204, response_class=Response)
+async def delete_experiment(
+    experiment_id: ExperimentIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
+    principal: PrincipalDep, request: Request,
+    delete_models: bool = Query(False, description="Also delete the jobs' tuned models (kept by default)."),
+) -> Response:
+    """Delete a stopped experiment and its jobs, each as DELETE /jobs/{id} deletes it (rows and
+    files). 409 while a job is queued or running. Tuned models stay unless `delete_models=true`."""
+    experiment, jobs = await run_in_threadpool(_experiment_and_jobs, session, principal, experiment_id)
+    active = [f"{job.id} ({job.state})" for job in jobs if job.state in board.ACTIVE_STATES]
+    if active:
+        raise HTTPException(409, f"Experiment {experiment_id} still has jobs queued or running: "
+                                 f"{', '.join(active)}. Cancel it first (POST /experiments/{experiment_id}/"
+                                 "cancel) and delete it once they have stopped.")
+    if delete_models:
+        # Checked for every model before anything goes, so a refusal leaves the experiment whole.
+        for job in jobs:
+            users = await run_in_threadpool(_active_users_of, session, job.model_id)
+            if users:
+                raise HTTPException(409, f"Model {job.model_id} of experiment {experiment_id} is the base of "
+                                         f"job(s) {', '.join(users)}; wait for them or delete the experiment "
+                                         "without delete_models=true.")
+    for job in jobs:
+        await remove_job(session, settings, predictor, request, job, delete_model=delete_models)
+    await run_in_threadpool(_delete_experiment_row, session, experiment)
+    return Response(status_code=204)
+
+
+def _experiment_and_jobs(session: Session, principal: Principal,
+                         experiment_id: str) -> tuple[Experiment, list[Job]]:
+    experiment = _get_experiment_or_404(session, principal, experiment_id)
+    return experiment, crud.jobs_of(session, experiments=[experiment])[experiment.id]
+
+
+def _active_users_of(session: Session, model_id: str | None) -> list[str]:
+    if model_id is None:
+        return []
+    return [f"{job.id} ({job.state})" for job in models_crud.active_jobs_from_model(session=session,
+                                                                                      model_id=model_id)]
+
+
+def _delete_experiment_row(session: Session, experiment: Experiment) -> None:
+    crud.delete_experiment(session, experiment=experiment)
+    session.commit()

@@ -286,12 +286,20 @@ async def delete_job(
     if job.state in crud.ACTIVE_STATES:
         raise HTTPException(409, f"Job {job_id} is {job.state}; cancel it first (POST /jobs/{job_id}/cancel) "
                                  "and delete it once it has stopped.")
+    await remove_job(session, settings, predictor, request, job, delete_model=delete_model)
+    return Response(status_code=204)
+
+
+async def remove_job(session: Any, settings: Settings, predictor: Any, request: Request, job: Job, *,
+                     delete_model: bool) -> None:
+    """Rows, files and (when asked) the tuned model of a job that has stopped. DELETE
+    /experiments/{id} goes through here for each of its jobs."""
     model = session.get(TunedModel, job.model_id) if job.model_id else None
     if delete_model and model is not None:
         await remove_model(session, settings, predictor, request, model)
+    job_id = job.id
     await run_in_threadpool(_delete_job_rows, session, job)
     await run_in_threadpool(shutil.rmtree, store.job_dir(settings.models_dir, job_id), True)
-    return Response(status_code=204)
 
 
 def _delete_job_rows(session: SessionDep, job: Job) -> None:

@@ -197,3 +197,54 @@ def test_when_no_model_beats_tfidf_the_recommendation_says_so(client: Any, two_m
     rec = body["recommendation"]
     assert rec["beats_tfidf"] is False and rec["margin_over_tfidf"] == pytest.approx(-0.12)
     assert rec["message"].startswith("No fine-tuned model beats the TF-IDF")
+
+
+def test_delete_removes_the_jobs_rows_and_files_through_the_job_deletion_path(
+        client: Any, two_models: list[str], settings: Any) -> None:
+    from app import store
+    from app.models import TunedModel
+
+    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    job_ids = [j["job_id"] for j in created["jobs"]]
+    refused = client.delete(f"/experiments/{created['id']}")
+    assert refused.status_code == 409
+    assert f"POST /experiments/{created['id']}/cancel" in refused.json()["detail"]
+    assert _counts() == (1, 2)
+
+    for job_id in job_ids:
+        _finish(job_id, f1=0.5, test_f1=0.5, tfidf=0.4, seconds=1, fit="good")
+        store.job_dir(settings.models_dir, job_id).mkdir(parents=True)
+    with session_scope() as session:
+        keep, drop = (session.get(Job, job_id) for job_id in job_ids)
+        assert keep is not None and drop is not None
+        for job in (keep, drop):
+            session.add(TunedModel(id=job.model_id, job_id=job.id, base_model="tiny", task="single_label",
+                                   labels=["neg", "pos"], path=str(settings.models_dir / "models" / job.id)))
+
+    assert client.delete(f"/experiments/{created['id']}").status_code == 204
+    assert client.get(f"/experiments/{created['id']}").status_code == 404
+    assert _counts() == (0, 0)
+    for job_id in job_ids:
+        assert client.get(f"/jobs/{job_id}").status_code == 404
+        assert not store.job_dir(settings.models_dir, job_id).exists()
+    with session_scope() as session:  # the tuned models stay by default
+        assert session.scalar(select(func.count()).select_from(TunedModel)) == 2
+        assert session.scalar(select(func.count()).select_from(JobEvent)) == 0
+
+
+def test_delete_with_models_removes_them_too(client: Any, two_models: list[str]) -> None:
+    from app.models import TunedModel
+
+    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    for j in created["jobs"]:
+        _finish(j["job_id"], f1=0.5, test_f1=0.5, tfidf=0.4, seconds=1, fit="good")
+        with session_scope() as session:
+            job = session.get(Job, j["job_id"])
+            assert job is not None
+            session.add(TunedModel(id=job.model_id, job_id=job.id, base_model="tiny", task="single_label",
+                                   labels=["neg", "pos"], path="/nowhere/outside/the/store"))
+    resp = client.delete(f"/experiments/{created['id']}", params={"delete_models": "true"})
+    assert resp.status_code == 204, resp.text
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(TunedModel)) == 0
+    assert client.delete(f"/experiments/{created['id']}").status_code == 404

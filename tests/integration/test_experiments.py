@@ -127,6 +127,11 @@ def test_an_experiment_of_three_models_ranks_them_beside_the_baselines(stack: An
     listed = client.get("/experiments").json()
     assert listed["count"] == 1 and listed["data"][0]["state"] == "succeeded"
 
+    # Deleting the experiment deletes its jobs; the recommended model stays and still serves.
+    assert client.delete(f"/experiments/{body['id']}").status_code == 204
+    assert all(client.get(f"/jobs/{r['job_id']}").status_code == 404 for r in rows if r["job_id"])
+    assert client.post("/predict", json={"model_id": rec["model_id"], "texts": ["좋아요"]}).status_code == 200
+
 
 def _upload_with_test(client: Any, train: Path, test: Path) -> dict[str, Any]:
     with train.open("rb") as train_fh, test.open("rb") as test_fh:
