@@ -139,7 +139,8 @@ class Trainer:
             f"{' with gradient checkpointing' if state.gradient_checkpointing else ''}. "
             f"What would help: a shorter max_seq_length (now {self.config.max_seq_length}), a smaller "
             "base model, or a device with more memory. A smaller batch_size would not: the service "
-            "already runs one sample per micro-batch."
+            "already runs one sample per micro-batch.",
+            kind="environment",
         )
 
     def train_window(self, examples: Sequence[Example], window: Sequence[int], step: int) -> float:
@@ -225,7 +226,8 @@ class Trainer:
                 f"Out of memory in the optimizer step: the model {self.task.model_name} and its AdamW "
                 f"state (two extra copies of every trainable weight) do not fit on {self.device}. "
                 "What would help: a smaller base model or a device with more memory; the batch size "
-                "and max_seq_length do not change this memory."
+                "and max_seq_length do not change this memory.",
+                kind="environment",
             ) from error
         self.scaler.update()
         scheduler.step()

@@ -61,6 +61,9 @@ class TrainConfig:
     fault_oom_from_step: int = _runtime(0)
     fault_oom_above_eval_batch: int | None = _runtime(None)
     fault_step_delay_s: float = _runtime(0.0)
+    # A checkpoint at least this often (besides every evaluation and epoch end): what a killed
+    # worker can lose. See app/settings.py.
+    checkpoint_interval_s: float = _runtime(600.0)
 
     @classmethod
     def from_hyperparameters(cls, hp: Hyperparameters, settings: Settings) -> TrainConfig:
@@ -75,6 +78,7 @@ class TrainConfig:
             fault_oom_from_step=settings.fault_oom_from_step,
             fault_oom_above_eval_batch=settings.fault_oom_above_eval_batch,
             fault_step_delay_s=settings.fault_step_delay_s,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
         )
 
     def with_job_fields_of(self, saved: Mapping[str, Any]) -> TrainConfig:
@@ -100,3 +104,7 @@ class LoopState:
     early_stopped: bool = False
     eval_losses: list[float] = field(default_factory=list)  # the trend, for the fit diagnosis
     probe: dict[str, Any] = field(default_factory=dict)
+    # The train losses summed since the last train point and since the last evaluation: a
+    # checkpoint between them (by time, at an epoch end, at a cancel) resumes them exactly.
+    train_interval: dict[str, Any] = field(default_factory=dict)
+    since_eval: dict[str, Any] = field(default_factory=dict)

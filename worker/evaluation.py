@@ -49,7 +49,8 @@ def evaluate(trainer: Trainer) -> dict[str, Any]:
                 raise TrainingError(
                     f"Out of memory while evaluating the model {task.model_name} one sample at a time "
                     f"on {trainer.device}. What would help: a shorter max_seq_length (now "
-                    f"{trainer.config.max_seq_length}) or a smaller base model."
+                    f"{trainer.config.max_seq_length}) or a smaller base model.",
+                    kind="environment",
                 )
             state.eval_batch_size = max(1, size // 2)
             trainer.sink.event(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,23 @@ def run_training(task: TrainingTask, config: TrainConfig, run_dir: Path, sink: T
     last_checkpoint = list_checkpoints(checkpoints_root)[-1] if resumed_from_step is not None else None
     cancelled = False
     window_cache: dict[int, list[list[int]]] = {}
-    interval = TrainInterval()
-    # The train loss the fit diagnosis compares with: the mean since the last evaluation (a
-    # checkpoint follows every evaluation, so a resumed run starts this afresh too).
-    since_eval = TrainInterval()
+    # The train loss of the next train point, and the one the fit diagnosis compares with (the
+    # mean since the last evaluation): both are carried by checkpoints, so a resume continues them.
+    interval = TrainInterval(**state.train_interval)
+    since_eval = TrainInterval(**state.since_eval)
     run_started = time.perf_counter()
+    last_checkpoint_at = time.monotonic()
     steps_this_run = 0
+
+    def checkpoint(step: int, epoch: float, metrics: dict[str, Any]) -> Path:
+        """Save (atomically), record, rotate. Also what bounds the work a killed worker loses."""
+        nonlocal last_checkpoint_at
+        state.train_interval, state.since_eval = asdict(interval), asdict(since_eval)
+        path = save_checkpoint(trainer, checkpoints_root, optimizer, scheduler)
+        sink.checkpoint_saved(step, epoch, metrics, path, bool(metrics) and state.best_step == step)
+        rotate_checkpoints(checkpoints_root, config.keep_last_checkpoints, state.best_step, sink)
+        last_checkpoint_at = time.monotonic()
+        return path
 
     def progress() -> None:
         elapsed = time.perf_counter() - run_started
@@ -160,18 +171,24 @@ def run_training(task: TrainingTask, config: TrainConfig, run_dir: Path, sink: T
         progress()
         if sink.should_stop():
             cancelled = True
+            # A cancel ends with a checkpoint where it stopped, so a resume continues from there;
+            # a worker whose job was taken over writes nothing more (it is no longer its job).
+            if not sink.lost_ownership():
+                last_checkpoint = checkpoint(step, epoch, {})
             break
 
+        epoch_end = step % per_epoch == 0
         due = (step % config.eval_steps == 0) if config.eval_strategy == "steps" and config.eval_steps \
-            else step % per_epoch == 0
+            else epoch_end
         if not (due or last_step):
+            # Between evaluations, a checkpoint at every epoch end and every checkpoint_interval_s.
+            if epoch_end or time.monotonic() - last_checkpoint_at >= config.checkpoint_interval_s:
+                last_checkpoint = checkpoint(step, epoch, {})
             continue
         # ---- evaluate, checkpoint, early stopping -----------------------------------------
         metrics = evaluate_step(trainer, since_eval.mean_loss, step, epoch, last_step)
         since_eval = TrainInterval()
-        last_checkpoint = save_checkpoint(trainer, checkpoints_root, optimizer, scheduler)
-        sink.checkpoint_saved(step, epoch, metrics, last_checkpoint, state.best_step == step)
-        rotate_checkpoints(checkpoints_root, config.keep_last_checkpoints, state.best_step, sink)
+        last_checkpoint = checkpoint(step, epoch, metrics)
         log.info("eval at step %d: %s", step, {k: v for k, v in metrics.items() if isinstance(v, float)})
         if state.early_stopped:
             sink.event("early_stopped", f"Stopped early at step {step}: {config.metric_for_best_model} has "

@@ -77,6 +77,11 @@ class TrainingSink(Protocol):
     def progress(self, **fields: Any) -> None: ...
     def should_stop(self) -> bool: ...
 
+    def lost_ownership(self) -> bool:
+        """True when should_stop() is because another worker took the job over: the loop then
+        writes nothing more (a cancel, by contrast, ends with a checkpoint where it stopped)."""
+        ...
+
 
 @dataclass
 class TrainResult:

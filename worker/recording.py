@@ -47,6 +47,9 @@ class RecordingSink:
     def should_stop(self) -> bool:
         return self.stop_when is not None and self.stop_when(self.last_progress.get("step", 0))
 
+    def lost_ownership(self) -> bool:
+        return False
+
     def kinds(self) -> list[str]:
         return [kind for kind, _, _ in self.events]
 

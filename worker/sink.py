@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.db import session_scope
 from app.models import Checkpoint, Job, JobEvent, MetricPoint
@@ -59,8 +59,20 @@ class SqlSink:
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         log.info("job %s: %s: %s", self.job_id, kind, message)
         add_event(self.job_id, kind, message, data)
-        if kind == "resumed" and self.tensorboard is not None and data and "step" in data:
-            self.tensorboard.resumed_at(int(data["step"]))
+        if kind == "resumed" and data and "step" in data:
+            self._rewind_to(int(data["step"]))
+
+    def _rewind_to(self, step: int) -> None:
+        """A resumed attempt redoes the steps after its checkpoint: the points (and checkpoint
+        rows) the lost attempt wrote past it are replaced, not shown twice."""
+        with session_scope() as session:
+            session.execute(delete(MetricPoint).where(
+                MetricPoint.job_id == self.job_id, MetricPoint.kind.in_(("train", "eval")),
+                MetricPoint.step > step))
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == self.job_id,
+                                                     Checkpoint.step > step))
+        if self.tensorboard is not None:
+            self.tensorboard.resumed_at(step)
 
     def _point(self, kind: str, step: int, epoch: float, values: dict[str, Any]) -> None:
         values = _json_safe(values)
@@ -113,6 +125,9 @@ class SqlSink:
     def last_progress(self) -> dict[str, Any]:
         """The latest progress figures, written or not (the task writes them with the outcome)."""
         return dict(self._last_values)
+
+    def lost_ownership(self) -> bool:
+        return self.lease.lease_lost.is_set()
 
     def should_stop(self) -> bool:
         """Asked by the loop after every optimizer step. A cancel is read from the job row here

@@ -70,9 +70,25 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
 
     model = client.get(f"/models/{job['model_id']}").json()
     assert model["labels"] == ["negative", "positive"] and model["task"] == "single_label"
-    pred = client.post("/predict", json={"model_id": job["model_id"], "texts": ["loved it, superb"]})
+    texts = ["superb, moving and funny #7", "a waste of two hours #9"]
+    pred = client.post("/predict", json={"model_id": job["model_id"], "texts": texts})
     assert pred.status_code == 200, pred.text
-    assert pred.json()["predictions"][0]["label"] in {"negative", "positive"}
+    # /predict answers what the registered model's own forward pass says, in its label order.
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.settings import get_settings
+    from app.store import model_dir
+
+    directory = str(model_dir(get_settings().models_dir, job["model_id"]))
+    tuned = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    with torch.no_grad():
+        logits = tuned(**AutoTokenizer.from_pretrained(directory)(
+            texts, truncation=True, max_length=32, padding=True, return_tensors="pt")).logits
+    expected = [model["labels"][i] for i in logits.argmax(dim=-1).tolist()]
+    assert [p["label"] for p in pred.json()["predictions"]] == expected
+    assert [p["scores"][label] for p, label in zip(pred.json()["predictions"], expected, strict=True)] == \
+        pytest.approx(torch.softmax(logits, dim=-1).max(dim=-1).values.tolist(), abs=1e-5)
 
     # On demand, the worker recomputes the comparison (same figures: same models, same rows).
     assert client.post(f"/jobs/{job_id}/compare").status_code == 202
@@ -111,15 +127,24 @@ def test_injected_oom_mid_run_halves_the_micro_batch_and_keeps_the_effective_bat
 def test_sigkilled_worker_job_resumes_from_its_checkpoint_in_a_new_worker(
     stack: Any, tmp_path: Path, tiny_encoder_dir: Path
 ) -> None:
-    # Slow steps so the kill lands mid-run; short lease so a new worker takes over quickly.
-    client, start_worker = stack(fault_step_delay_s=0.4, job_lease_s=3, heartbeat_interval_s=0.5)
+    # Slow steps so the kill lands mid-epoch; a checkpoint every second (not only at the epoch's
+    # evaluation); a short lease so a new worker takes over quickly.
+    client, start_worker = stack(fault_step_delay_s=0.4, job_lease_s=3, heartbeat_interval_s=0.5,
+                                 checkpoint_interval_s=1.0)
     first = start_worker()
-    _, job_id = _start(client, tmp_path, tiny_encoder_dir, epochs=3, eval_strategy="steps", eval_steps=3)
-    wait_until(lambda: any(c["step"] >= 3 for c in client.get(f"/jobs/{job_id}/checkpoints").json()),
-               what="a first checkpoint")
-    wait_until(lambda: client.get(f"/jobs/{job_id}").json()["step"] >= 4, what="a step past it")
+    _, job_id = _start(client, tmp_path, tiny_encoder_dir, epochs=3)  # 5 steps an epoch, 15 in all
+
+    def checkpoint_steps() -> list[int]:
+        return [c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()]
+
+    # Mid-epoch: a timed checkpoint inside the first epoch, and a step trained past it.
+    wait_until(lambda: any(0 < s < 5 for s in checkpoint_steps()), what="a timed checkpoint")
+    saved = max(checkpoint_steps())
+    wait_until(lambda: max([p["step"] for p in client.get(f"/jobs/{job_id}/metrics").json()["train"]],
+                           default=0) > saved, what="a step past it")
     first.kill()
-    killed_at = client.get(f"/jobs/{job_id}").json()["step"]
+    trained = [p["step"] for p in client.get(f"/jobs/{job_id}/metrics").json()["train"]]
+    latest = max(checkpoint_steps())
     assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
 
     second = start_worker()
@@ -129,30 +154,55 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint_in_a_new_worker(
     events = client.get(f"/jobs/{job_id}/events").json()
     kinds = [e["kind"] for e in events]
     assert "worker_lost" in kinds and "resumed" in kinds
-    resumed = next(e for e in events if e["kind"] == "resumed")
-    resumed_step = resumed["data"]["step"]
-    assert 3 <= resumed_step <= killed_at
-    # The new worker continued: no step before the checkpoint was trained a second time.
-    train_steps = [p["step"] for p in client.get(f"/jobs/{job_id}/metrics").json()["train"]]
-    assert train_steps.count(1) == 1 and sorted(set(train_steps)) == list(range(1, 16))
+    resumed_step = next(e for e in events if e["kind"] == "resumed")["data"]["step"]
+    # It resumed from the newest checkpoint the killed worker wrote: what was lost is the steps
+    # after it, less than one checkpoint interval of work.
+    assert resumed_step == latest and 0 < resumed_step < max(trained)
+    # The lost steps were trained again, and each step shows once: the killed attempt's points
+    # after the checkpoint were replaced, not duplicated.
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()
+    assert [p["step"] for p in metrics["train"]] == list(range(1, 16))
+    assert [p["step"] for p in metrics["eval"]] == [5, 10, 15]
+    assert [c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()] == sorted(
+        set(checkpoint_steps()))
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_cancel_a_running_job_on_the_embedded_broker(stack: Any, tmp_path: Path,
-                                                     tiny_encoder_dir: Path) -> None:
-    client, start_worker = stack(embedded_broker=True, fault_step_delay_s=0.5, heartbeat_interval_s=0.2)
+def test_cancel_stops_at_the_next_step_and_resume_continues_it(stack: Any, tmp_path: Path,
+                                                                tiny_encoder_dir: Path) -> None:
+    # The heartbeat is slow on purpose: the cancel is read from the job row after every step.
+    client, start_worker = stack(embedded_broker=True, fault_step_delay_s=0.3, heartbeat_interval_s=30)
     worker = start_worker()
-    _, job_id = _start(client, tmp_path, tiny_encoder_dir, epochs=5)
-    wait_until(lambda: client.get(f"/jobs/{job_id}").json()["step"] >= 2, what="step 2")
+    _, job_id = _start(client, tmp_path, tiny_encoder_dir, epochs=2)  # 10 steps
+
+    def train_steps() -> list[int]:
+        return [p["step"] for p in client.get(f"/jobs/{job_id}/metrics").json()["train"]]
+
+    wait_until(lambda: len(train_steps()) >= 2, what="step 2")
     resp = client.post(f"/jobs/{job_id}/cancel")
     assert resp.status_code == 200 and resp.json()["state"] == "running"
+    seen = max(train_steps())  # every step before this one was written before the cancel returned
     job = wait_for_job(client, job_id, {"cancelled", "succeeded", "failed"}, timeout_s=30, worker=worker)
-    assert job["state"] == "cancelled"
-    assert job["step"] < 25 and job["model_id"] is None
-    assert "cancel_requested" in _event_kinds(client, job_id)
-    # The worker is free for the next job.
-    _, next_id = _start(client, tmp_path, tiny_encoder_dir, epochs=1)
-    assert wait_for_job(client, next_id, {"succeeded", "failed"}, worker=worker)["state"] == "succeeded"
+    assert job["state"] == "cancelled" and job["model_id"] is None
+    # The next optimizer step after the request at the latest; the row, the metrics, the events
+    # and the final checkpoint all say where it stopped.
+    stopped = job["step"]
+    assert seen <= stopped <= seen + 1
+    assert max(train_steps()) == stopped
+    events = client.get(f"/jobs/{job_id}/events").json()
+    assert [e["data"]["step"] for e in events if e["kind"] == "cancelled"] == [stopped, stopped]
+    assert max(c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()) == stopped
+
+    # Resumed on request: it continues from that checkpoint to the end, every step once.
+    resp = client.post(f"/jobs/{job_id}/resume")
+    assert resp.status_code == 202 and resp.json()["state"] == "queued"
+    job = wait_for_job(client, job_id, {"cancelled", "succeeded", "failed"}, worker=worker)
+    assert job["state"] == "succeeded", job["error"]
+    events = client.get(f"/jobs/{job_id}/events").json()
+    assert next(e for e in events if e["kind"] == "resumed")["data"]["step"] == stopped
+    assert train_steps() == list(range(1, 11)) and job["step"] == 10
+    # Finished: its model plus one checkpoint on disk.
+    assert [c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json() if c["available"]] == [10]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

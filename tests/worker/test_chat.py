@@ -153,11 +153,11 @@ def test_lora_chat_trains_through_the_loop_and_resumes_to_the_same_adapter(
 
     first = build_chat_task(chat_dataset_dir, str(tiny_chat_lm_dir), config)
     cancelled = run_training(first, config, tmp_path / "run", RecordingSink(stop_when=lambda s: s >= 4))
-    assert cancelled.cancelled and cancelled.global_step == 4  # last checkpoint: step 3
+    assert cancelled.cancelled and cancelled.global_step == 4  # a checkpoint where it stopped
     second = build_chat_task(chat_dataset_dir, str(tiny_chat_lm_dir), config)
     sink = RecordingSink()
     resumed = run_training(second, config, tmp_path / "run", sink)
-    assert resumed.resumed_from_step == 3 and resumed.global_step == 6
+    assert resumed.resumed_from_step == 4 and resumed.global_step == 6
 
     def adapter(task: Any) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in task.model.state_dict().items() if "lora_" in k}

@@ -110,7 +110,30 @@ def test_cancel_stops_within_one_optimizer_step(small_dataset_dir: Path, model_d
     result = run_training(task, config, tmp_path, sink)
     assert result.cancelled and result.global_step == 2
     assert sink.kinds()[-1] == "cancelled" and "finished" not in sink.kinds()
-    assert sink.eval_points == [] and result.last_checkpoint is None
+    # No evaluation, but a checkpoint where it stopped: a resume continues from step 2.
+    assert sink.eval_points == [] and result.last_checkpoint == tmp_path / "checkpoints" / "step-2"
+    assert [(c["step"], c["metrics"], c["is_best"]) for c in sink.checkpoints] == [(2, {}, False)]
+    assert sink.events_of("cancelled") == [{"step": 2}]
+
+
+def test_a_checkpoint_every_interval_and_at_each_epoch_end(small_dataset_dir: Path, model_dir: Path,
+                                                           tmp_path: Path) -> None:
+    # 20 rows, batch 4: 5 steps an epoch, 2 epochs; evaluations only every 4 steps.
+    config = make_config(epochs=2, batch_size=4, micro_batch_size=4, eval_strategy="steps", eval_steps=4,
+                         keep_last_checkpoints=100)
+    sink = RecordingSink()
+    run_training(build_task(small_dataset_dir, model_dir, config), config, tmp_path / "epochs", sink)
+    # Evaluations at 4 and 8 and the last step; epoch ends at 5 and 10 (checkpoint, no evaluation).
+    assert [(c["step"], bool(c["metrics"])) for c in sink.checkpoints] == [
+        (4, True), (5, False), (8, True), (10, True)]
+
+    # An interval of 0 s: a checkpoint after every optimizer step.
+    timed = make_config(epochs=1, batch_size=4, micro_batch_size=4, eval_strategy="epoch",
+                        checkpoint_interval_s=0.0, keep_last_checkpoints=100)
+    sink = RecordingSink()
+    run_training(build_task(small_dataset_dir, model_dir, timed), timed, tmp_path / "timed", sink)
+    assert [c["step"] for c in sink.checkpoints] == [1, 2, 3, 4, 5]
+    assert [bool(c["metrics"]) for c in sink.checkpoints] == [False] * 4 + [True]
 
 
 def test_early_stopping_after_patience_evaluations(small_dataset_dir: Path, model_dir: Path,

@@ -51,22 +51,30 @@ def test_resume_after_cancel_reaches_the_uninterrupted_weights(
     resume_dataset_dir: Path, dropout_model_dir: Path, tmp_path: Path
 ) -> None:
     """With dropout ON: the same weights prove the RNG stream was restored too."""
-    full, _, full_result, full_windows = _run(resume_dataset_dir, dropout_model_dir, tmp_path / "full")
+    full, full_sink, full_result, full_windows = _run(resume_dataset_dir, dropout_model_dir,
+                                                      tmp_path / "full")
 
+    # Cancelled at step 4, between evaluations (3 and 6): it checkpoints where it stopped.
     first, first_sink, first_result, first_windows = _run(
-        resume_dataset_dir, dropout_model_dir, tmp_path / "run", RecordingSink(stop_when=lambda s: s >= 5))
-    assert first_result.cancelled and first_result.global_step == 5  # last checkpoint: step 3
+        resume_dataset_dir, dropout_model_dir, tmp_path / "run", RecordingSink(stop_when=lambda s: s >= 4))
+    assert first_result.cancelled and first_result.global_step == 4
+    assert [c["step"] for c in first_sink.checkpoints] == [3, 4]
 
     second, sink, result, windows = _run(resume_dataset_dir, dropout_model_dir, tmp_path / "run")
     (resumed,) = sink.events_of("resumed")
-    assert resumed["step"] == 3 and result.resumed_from_step == 3
+    assert resumed["step"] == 4 and result.resumed_from_step == 4
     assert "batch_probe" not in sink.kinds()
     assert result.global_step == full_result.global_step == 10 and not result.cancelled
-    # The data position: steps 4..10 use the same windows as the uninterrupted run.
-    assert windows == full_windows[3:] and first_windows == full_windows[:5]
-    assert [p[0] for p in sink.train_points] == list(range(4, 11))
+    # The data position: steps 5..10 use the same windows as the uninterrupted run.
+    assert windows == full_windows[4:] and first_windows == full_windows[:4]
+    assert [p[0] for p in sink.train_points] == list(range(5, 11))
     assert max_weight_diff(weights(full.model), weights(second.model)) < 1e-6
     assert result.final_metrics["loss"] == pytest.approx(full_result.final_metrics["loss"], abs=1e-6)
+    # The train loss since the last evaluation travelled in the checkpoint: the evaluation at
+    # step 6 compares the same mean of steps 4..6 with its loss as the uninterrupted run did.
+    assert sink.eval_points[0][0] == 6
+    assert sink.eval_points[0][2]["train_loss"] == pytest.approx(full_sink.eval_points[1][2]["train_loss"])
+    assert sink.eval_points[0][2]["fit"] == full_sink.eval_points[1][2]["fit"]
 
 
 def test_resume_after_a_crash_keeps_the_adapted_micro_batch(
@@ -78,7 +86,7 @@ def test_resume_after_a_crash_keeps_the_adapted_micro_batch(
         _run(resume_dataset_dir, model_dir, tmp_path / "run", CrashingSink(crash_at=8), micro_batch_size=8,
              fault_oom_above_micro_batch=2, fault_oom_from_step=2)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert checkpoints == ["step-3", "step-6"]
+    assert checkpoints == ["step-3", "step-5", "step-6"]  # evaluations, and the end of epoch 1
 
     # The new worker has no fault settings: the micro-batch comes from the checkpoint, not a probe.
     second, sink, result, _ = _run(resume_dataset_dir, model_dir, tmp_path / "run")
