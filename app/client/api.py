@@ -98,6 +98,18 @@ class Api:
             raise ApiError(0, f"the download from {self.url} broke off ({exc})") from exc
         return written
 
+    def post_events(self, path: str, body: dict[str, Any]) -> Iterator[ServerSentEvent]:
+        """A POST answered with Server-Sent Events (POST /generate with stream=true)."""
+        timeout = httpx.Timeout(TIMEOUT_S, read=None)
+        try:
+            with connect_sse(self.http, "POST", path, json=body, timeout=timeout) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    raise self._error("POST", path, source.response)
+                yield from source.iter_sse()
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"no answer from {self.url} ({type(exc).__name__}: {exc})") from exc
+
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[ServerSentEvent]:
         """The job's live stream (GET /jobs/{id}/events/stream) from after `last_event_id`."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}

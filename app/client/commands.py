@@ -323,12 +323,29 @@ def cancel_job(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
         console.print(f"{job_id}: cancel requested; it stops after the current optimizer step")
 
 
+@jobs_app.command("resume")
+@calls
+def resume_job(
+    ctx: typer.Context, job_id: str,
+    watch: Annotated[bool, typer.Option(help="watch it live until it ends")] = False,
+) -> None:
+    """Continue a failed or cancelled job from its last good checkpoint."""
+    api = _api(ctx)
+    api.post(f"/jobs/{job_id}/resume")
+    err.print(f"job {job_id} queued to resume from its last checkpoint")
+    if watch:
+        _finish_watch(api, job_id)
+
+
 @jobs_app.command("delete")
 @calls
-def delete_job(ctx: typer.Context, job_id: str) -> None:
-    """Delete a finished job with its events, metrics and checkpoints (its model stays)."""
-    _api(ctx).delete(f"/jobs/{job_id}")
-    console.print(f"deleted {job_id}")
+def delete_job(
+    ctx: typer.Context, job_id: str,
+    delete_model: Annotated[bool, typer.Option(help="also delete the job's tuned model")] = False,
+) -> None:
+    """Delete a finished job with its events, metrics and checkpoints (its model stays unless asked)."""
+    _api(ctx).request("DELETE", f"/jobs/{job_id}", params={"delete_model": "true"} if delete_model else None)
+    console.print(f"deleted {job_id}" + (" and its model" if delete_model else ""))
 
 
 # --- metrics, predict, models -----------------------------------------------------------------
@@ -382,6 +399,45 @@ def predict(
         top = max(p["scores"].values()) if p.get("scores") else None
         rows.append([text, labels, top])
     console.print(out.table(f"{model_id}", ["text", "label", "score"], rows))
+
+
+def generate(
+    ctx: typer.Context,
+    model_id: str,
+    message: Annotated[str | None, typer.Argument(help="the user's message (default: read stdin)")] = None,
+    system: Annotated[str | None, typer.Option(help="a system message before it")] = None,
+    max_new_tokens: int = 256,
+    temperature: Annotated[float, typer.Option(help="0: greedy, deterministic")] = 0.7,
+    top_p: float = 0.9,
+    stream: Annotated[bool, typer.Option(help="print the reply as it is generated")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """A tuned chat model's reply to a message, streamed as it is generated."""
+    import json
+
+    text = message if message is not None else (sys.stdin.read() if not sys.stdin.isatty() else "")
+    if not text.strip():
+        fail("no message: give it as an argument or on stdin")
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": text})
+    body = {"model_id": model_id, "messages": messages, "max_new_tokens": max_new_tokens,
+            "temperature": temperature, "top_p": top_p}
+    api = _api(ctx)
+    if json_ or not stream:
+        reply = api.post("/generate", json={**body, "stream": False})
+        return out.print_json(console, reply) if json_ else console.print(reply["message"]["content"])
+    for sse in api.post_events("/generate", {**body, "stream": True}):
+        data = json.loads(sse.data) if sse.data else {}
+        if sse.event == "token":
+            console.print(data.get("text", ""), end="", markup=False, highlight=False, soft_wrap=True)
+        elif sse.event == "error":
+            console.print()
+            fail(f"generation failed: {data.get('detail')}")
+        elif sse.event == "done":
+            console.print()
+            usage = data.get("usage") or {}
+            err.print(f"[dim]{usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} "
+                      f"reply tokens, finish: {data.get('finish_reason')}[/]")
 
 
 models_app = typer.Typer(help="List, show, download and delete tuned models.", no_args_is_help=True)
@@ -590,3 +646,4 @@ def register(root: typer.Typer) -> None:
     root.add_typer(experiments_app, name="experiments")
     root.command("metrics")(calls(metrics))
     root.command("predict")(calls(predict))
+    root.command("generate")(calls(generate))

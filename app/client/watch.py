@@ -41,7 +41,8 @@ class _View:
             self.loss = point.get("loss")
         elif point["kind"] == "eval":
             self.eval = point
-            shown = {k: point[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro", "perplexity")
+            shown = {k: point[k] for k in ("loss", "accuracy", "f1_macro", "f1_micro", "token_accuracy",
+                                           "perplexity")
                      if isinstance(point.get(k), int | float)}
             self.progress.console.print(f"  eval at step {point['step']} (epoch {point['epoch']:.2f}): "
                                         + ", ".join(f"{k} {fmt(v)}" for k, v in shown.items()))

@@ -174,8 +174,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> It
     from tests.integration.live_service import LiveService
 
     directory = tmp_path_factory.mktemp("live")
+    # A chat job's generation report: a few short replies, not the default 64 of 64 tokens.
     env = service_env(directory, f"sqlite:///{directory / 'tuneserve.sqlite'}",
-                      f"sqla+sqlite:///{directory / 'broker.sqlite'}")
+                      f"sqla+sqlite:///{directory / 'broker.sqlite'}", compare_max_prompts=4,
+                      compare_max_new_tokens=8)
     service = LiveService(directory, env, tiny_encoder_dir).start()
     try:
         yield service

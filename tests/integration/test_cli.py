@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
+from tests.conftest import FIXTURES
 from tests.integration.live_service import LiveService, cli
 
 pytestmark = pytest.mark.slow
@@ -82,12 +83,18 @@ def test_cancel_then_watch_ends_with_the_cancelled_state_and_a_non_zero_exit(
                   str(live.tiny_encoder_dir), "--epochs", "50", "--json")
     assert created.exit_code == 0, created.output
     job_id = json.loads(created.output)["id"]
+    running = cli(live, "jobs", "delete", job_id)
+    assert running.exit_code == 1 and "cancel it first" in running.output and "HTTP 409" in running.output
     cancelled = cli(live, "jobs", "cancel", job_id)
     assert cancelled.exit_code == 0 and job_id in cancelled.output
     watched = cli(live, "jobs", "watch", job_id)
     assert watched.exit_code == 1
     assert f"job {job_id} cancelled" in watched.output
     assert json.loads(cli(live, "jobs", "show", job_id, "--json").output)["state"] == "cancelled"
+    deleted = cli(live, "jobs", "delete", job_id)
+    assert deleted.exit_code == 0 and f"deleted {job_id}" in deleted.output
+    gone = cli(live, "jobs", "show", job_id)
+    assert gone.exit_code == 1 and "HTTP 404" in gone.output
 
 
 def test_errors_show_the_servers_detail_and_exit_non_zero(live: LiveService, tmp_path: Path) -> None:
@@ -144,3 +151,28 @@ def test_an_experiment_from_the_cli_ends_with_its_leaderboard(live: LiveService,
     assert {r["name"] for r in exp["leaderboard"]} >= {model, "tfidf", "majority"}
     bad = cli(live, "experiments", "create", "--dataset", "ds_x", "--base-model", model, "--override", "lr=1")
     assert bad.exit_code == 1 and "write it as MODEL:key=value" in bad.output
+
+
+def test_generate_streams_a_tuned_chat_models_reply(live: LiveService, tiny_chat_lm_dir: Path) -> None:
+    uploaded = cli(live, "datasets", "upload", str(FIXTURES / "korean_chatbot_qa_slice.csv"),
+                   "--task", "chat", "--json")
+    assert uploaded.exit_code == 0, uploaded.output
+    trained = cli(live, "jobs", "create", "--dataset", json.loads(uploaded.output)["id"], "--base-model",
+                  str(tiny_chat_lm_dir), "--batch-size", "8", "--max-seq-length", "64",
+                  "--learning-rate", "3e-3", "--set", "max_steps=2", "--set", "eval_strategy=steps",
+                  "--set", "eval_steps=2", "--watch")
+    assert trained.exit_code == 0, trained.output
+    assert "perplexity" in trained.output  # the chat job's eval metric on the live bar's lines
+    model_id = json.loads(cli(live, "jobs", "list", "--json").output)["data"][0]["model_id"]
+
+    streamed = cli(live, "generate", model_id, "오늘 날씨 어때?", "--temperature", "0",
+                   "--max-new-tokens", "6")
+    assert streamed.exit_code == 0, streamed.output
+    assert "prompt +" in streamed.output and "reply tokens, finish:" in streamed.output
+    whole = json.loads(cli(live, "generate", model_id, "오늘 날씨 어때?", "--temperature", "0",
+                           "--max-new-tokens", "6", "--json").output)
+    assert whole["message"]["role"] == "assistant" and whole["usage"]["completion_tokens"] <= 6
+    # Greedy decoding: the streamed reply is the same text as the whole one.
+    assert whole["message"]["content"].strip() in streamed.output
+    refused = cli(live, "generate", "mdl_nope", "hello")
+    assert refused.exit_code == 1 and "HTTP 404" in refused.output
