@@ -639,6 +639,18 @@ def cancel_experiment(ctx: typer.Context, experiment_id: str) -> None:
     console.print(_experiment_jobs(exp))
 
 
+@experiments_app.command("delete")
+@calls
+def delete_experiment(
+    ctx: typer.Context, experiment_id: str,
+    delete_models: Annotated[bool, typer.Option(help="also delete the tuned models of its jobs")] = False,
+) -> None:
+    """Delete a finished experiment and its jobs (their models stay unless asked)."""
+    _api(ctx).request("DELETE", f"/experiments/{experiment_id}",
+                      params={"delete_models": "true"} if delete_models else None)
+    console.print(f"deleted {experiment_id}")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(datasets_app, name="datasets")
     root.add_typer(jobs_app, name="jobs")

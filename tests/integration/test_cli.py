@@ -149,6 +149,10 @@ def test_an_experiment_from_the_cli_ends_with_its_leaderboard(live: LiveService,
     assert exp["overrides"] == {model: {"learning_rate": 0.002}}
     assert [j["state"] for j in exp["jobs"]] == ["succeeded"]
     assert {r["name"] for r in exp["leaderboard"]} >= {model, "tfidf", "majority"}
+    deleted = cli(live, "experiments", "delete", exp["id"], "--delete-models")
+    assert deleted.exit_code == 0, deleted.output
+    gone = cli(live, "experiments", "show", exp["id"])
+    assert gone.exit_code == 1 and "HTTP 404" in gone.output
     bad = cli(live, "experiments", "create", "--dataset", "ds_x", "--base-model", model, "--override", "lr=1")
     assert bad.exit_code == 1 and "write it as MODEL:key=value" in bad.output
 
