@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     keep_checkpoints_after_success: int = 1
     # A checkpoint is also written this long after the previous one (besides every evaluation
     # and every epoch end): it bounds the work a killed worker loses. A MiniLM checkpoint
-    # costs ~0.3 s on a 2-core CPU (BENCHMARKS.md), so 10 minutes costs well under 0.1%.
+    # (261 MB with the optimizer state) took 0.35-0.67 s on a busy 2-core CPU (BENCHMARKS.md):
+    # about 0.1% of a 10-minute interval.
     checkpoint_interval_s: float = 600.0
     # Dead-worker takeover: a running job whose worker has written no heartbeat for this long
     # is handed to another worker, which resumes it from its last checkpoint. The sweep runs

@@ -313,7 +313,7 @@ def watch(ctx: typer.Context, job_id: str) -> None:
 @jobs_app.command("cancel")
 @calls
 def cancel_job(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
-    """Cancel: at once when queued, within one optimizer step when running."""
+    """Cancel: at once when queued, at the next optimizer step when running."""
     job = _api(ctx).post(f"/jobs/{job_id}/cancel")
     if json_:
         return out.print_json(console, job)

@@ -94,3 +94,26 @@ def test_a_tuned_model_with_another_label_set_can_be_a_base(multi_model_dir: Pat
     assert model.config.id2label == dict(enumerate(names))
     assert model.config.problem_type == "single_label_classification"
     assert model.classifier.out_features == 5
+
+
+def test_a_hub_name_in_the_local_cache_loads_offline(model_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What POST /jobs accepts offline (a cached hub name), the worker loads from the cache."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "1" * 40
+    repo = tmp_path / "hub" / "models--someorg--tiny-classifier"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert constants.HF_HUB_OFFLINE  # the tests never reach the network
+    model, tokenizer = load_classifier("someorg/tiny-classifier", LABELS, False, seed=0)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert tokenizer("a goal")["input_ids"]
+
+    with pytest.raises(TrainingError) as caught:
+        load_classifier("someorg/not-cached", LABELS, False, seed=0)
+    assert caught.value.kind == "environment" and "hub is offline" in str(caught.value)
