@@ -87,6 +87,8 @@ class ChatTask:
         scored = logits[:, :-1][keep].float()
         wanted = targets[keep]
         loss = F.cross_entropy(scored, wanted, reduction="sum")
+        if model.training:  # token accuracy is an evaluation metric: no argmax over the vocab per step
+            return loss, None
         correct = (scored.argmax(dim=-1) == wanted).sum()
         return loss, {"correct": correct, "tokens": wanted.numel(), "loss_sum": loss.detach()}
 

@@ -46,7 +46,7 @@ from worker.config import LoopState, TrainConfig
 from worker.data_order import epoch_windows, steps_per_epoch, total_optimizer_steps
 from worker.devices import peak_memory_mb, pick_device, pick_precision, set_gradient_checkpointing
 from worker.evaluation import evaluate
-from worker.metrics import diagnose_fit
+from worker.fit import diagnose_fit
 from worker.optim import build_optimizer, build_scheduler
 from worker.protocols import Example, TrainingError, TrainingSink, TrainingTask, TrainResult
 

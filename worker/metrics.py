@@ -17,6 +17,9 @@ from sklearn.metrics import (
 from sklearn.metrics import log_loss as sklearn_log_loss
 
 from app.serving.decode import DEFAULT_THRESHOLD
+from worker.fit import diagnose_fit
+
+__all__ = ["diagnose_fit", "multi_label_metrics", "single_label_metrics", "tune_thresholds"]
 
 # Candidate decision thresholds for each label of a multi-label model.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
@@ -147,33 +150,3 @@ def log_loss(probabilities: np.ndarray, targets: np.ndarray, multi_label: bool) 
     per_label = [sklearn_log_loss(targets[:, j], probabilities[:, j], labels=[0, 1])
                  for j in range(targets.shape[1])]
     return float(np.mean(per_label))
-
-
-# Fit diagnosis thresholds. The losses are means per unit (sample or token), in nats.
-UNDERFIT_OF_BASELINE = 0.85   # train loss >= 85% of an uninformed model's loss: barely learned yet
-OVERFIT_GAP_RATIO = 1.5       # validation loss > 1.5x the train loss...
-OVERFIT_GAP_ABS = 0.1         # ...and more than 0.1 nats above it (tiny losses make ratios noisy)
-TREND_TOLERANCE = 0.01        # validation loss moves by more than 1% of its best: a trend, not noise
-
-
-def diagnose_fit(train_loss: float, eval_loss: float, previous_eval_losses: Sequence[float],
-                 baseline_loss: float | None = None) -> str:
-    """`underfitting` / `learning` / `good` / `overfitting`, as the seed scripts' table reads:
-
-    - overfitting: validation loss well above train loss (ratio AND absolute gap above) and not
-      improving any more (at or above its best so far), or rising by more than the tolerance;
-    - underfitting: train loss still near the uninformed baseline (the label prior's loss);
-    - learning: validation loss still falling (more than the tolerance below its best so far);
-    - good: a small gap and a plateau: more epochs would not buy much.
-    """
-    best_before = min(previous_eval_losses) if previous_eval_losses else None
-    improving = best_before is None or eval_loss < best_before * (1 - TREND_TOLERANCE)
-    rising = best_before is not None and eval_loss > best_before * (1 + TREND_TOLERANCE)
-    wide_gap = eval_loss > train_loss * OVERFIT_GAP_RATIO and eval_loss - train_loss > OVERFIT_GAP_ABS
-    if wide_gap and (rising or not improving):
-        return "overfitting"
-    if baseline_loss is not None and baseline_loss > 0 and train_loss >= UNDERFIT_OF_BASELINE * baseline_loss:
-        return "underfitting"
-    if improving:
-        return "learning"
-    return "good"
