@@ -25,6 +25,7 @@ from app.schemas.common import errors
 from app.schemas.generate import GenerateRequest, GenerateResponse
 from app.settings import Settings, get_settings
 
+DEFAULT_MAX_NEW_TOKENS = 256
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 409, 413, 422, 429))
 
@@ -73,6 +74,8 @@ def _check_conversation(request: GenerateRequest, settings: Settings) -> None:
         raise HTTPException(422, "the last message must be the user's: the reply answers it")
     if any(m.role == "system" for m in request.messages[1:]):
         raise HTTPException(422, "a system message may only come first")
+    if request.max_new_tokens is None:
+        request.max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, settings.generate_max_new_tokens)
     if request.max_new_tokens > settings.generate_max_new_tokens:
         raise HTTPException(422, f"max_new_tokens {request.max_new_tokens} is above the limit of "
                                  f"{settings.generate_max_new_tokens} (TUNESERVE_GENERATE_MAX_NEW_TOKENS)")
@@ -125,7 +128,7 @@ async def generate(body: GenerateRequest, request: Request, principal: Principal
         if body.stream:
             streaming = True  # the stream releases its slot when it ends
             return EventSourceResponse(_stream(runtime, ids, body, model_id, release))
-        reply = await run_in_threadpool(runtime.generate, ids, body.max_new_tokens, body.temperature,
+        reply = await run_in_threadpool(runtime.generate, ids, _max_new(body), body.temperature,
                                         body.top_p)
         return _response(model_id, reply.text, reply.prompt_tokens, reply.completion_tokens,
                          reply.finish_reason)
@@ -144,7 +147,7 @@ def _response(model_id: str, text: str, prompt_tokens: int, completion_tokens: i
 async def _stream(runtime: Any, ids: list[int], body: GenerateRequest, model_id: str,
                   release: Any) -> AsyncIterator[bytes]:
     try:
-        pieces, thread, result = await run_in_threadpool(runtime.stream, ids, body.max_new_tokens,
+        pieces, thread, result = await run_in_threadpool(runtime.stream, ids, _max_new(body),
                                                          body.temperature, body.top_p)
         text: list[str] = []
         sentinel = object()
@@ -166,3 +169,8 @@ async def _stream(runtime: Any, ids: list[int], body: GenerateRequest, model_id:
         yield format_sse_event(event="done", data_str=json.dumps(done, ensure_ascii=False))
     finally:
         release()
+
+
+def _max_new(body: GenerateRequest) -> int:
+    assert body.max_new_tokens is not None  # set by _check_conversation
+    return body.max_new_tokens

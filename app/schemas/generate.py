@@ -23,8 +23,9 @@ class GenerateRequest(BaseModel):
     model_id: Id
     messages: list[ChatMessage] = Field(
         min_length=1, max_length=1000, description="The conversation so far; the last turn is the user's.")
-    max_new_tokens: int = Field(256, ge=1, le=2**31 - 1, description="Most tokens in the reply "
-                                "(at most TUNESERVE_GENERATE_MAX_NEW_TOKENS).")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=2**31 - 1,
+        description="Most tokens in the reply; default 256 or TUNESERVE_GENERATE_MAX_NEW_TOKENS if lower.")
     temperature: float = Field(0.7, ge=0, le=2, description="0: greedy (deterministic) decoding.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (ignored when greedy).")
     stream: bool = Field(False, description="Answer Server-Sent Events, one per decoded piece of text.")
