@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
+
+log = logging.getLogger("tuneserve.db")
+T = TypeVar("T")
+# A restarted database or a terminated connection fails the write that was using it; the pool
+# then hands out a fresh connection (pool_pre_ping). Backoff 0.25 s doubling: ~8 s in all.
+WRITE_ATTEMPTS = 6
 
 
 @lru_cache(maxsize=8)
@@ -61,3 +70,22 @@ def rows_updated(session: Session, statement: Executable) -> int:
     read this to learn whether they won)."""
     result = cast(CursorResult[Any], session.execute(statement))
     return int(result.rowcount)
+
+
+def write_with_retry(write: Callable[[Session], T], *, what: str) -> T:
+    """Run `write` in its own transaction, again on a fresh connection when the connection was
+    lost (OperationalError, InterfaceError). Each write is one small transaction, so a retry
+    repeats nothing that was committed, except in the rare case that the commit itself
+    succeeded and only its acknowledgement was lost."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            with session_scope() as session:
+                return write(session)
+        except (OperationalError, InterfaceError) as e:
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+            delay_s = 0.25 * 2**attempt
+            log.warning("%s: database connection lost (%s); retrying in %.2f s", what,
+                        str(e).splitlines()[0][:200], delay_s)
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")

@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     fault_oom_above_eval_batch: int | None = None
     # Sleep this long after every optimizer step, so tests can act on a job mid-run.
     fault_step_delay_s: float = 0.0
+    # Fail every checkpoint write from this optimizer step on with "No space left on device",
+    # half-way through writing it, as a full disk does.
+    fault_disk_full_from_step: int | None = None
 
     # --- serving -----------------------------------------------------------------------
     # Where /predict runs its models: "auto" is the GPU when torch sees one (compose gives the API

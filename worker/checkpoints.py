@@ -7,6 +7,7 @@ last k are kept. A resume restores all of it and continues as if never interrupt
 
 from __future__ import annotations
 
+import errno
 import random
 import shutil
 from collections.abc import Mapping
@@ -26,7 +27,8 @@ from app.store import (
     checkpoint_step,
     list_checkpoints,
 )
-from worker.protocols import TrainingSink
+from worker import faults
+from worker.protocols import TrainingError, TrainingSink
 
 if TYPE_CHECKING:
     from worker.adaptive_batch import Trainer
@@ -74,9 +76,32 @@ def remove_stale_temporaries(root: Path) -> None:
 
 def save_checkpoint(trainer: Trainer, root: Path, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> Path:
-    path = root / f"{CHECKPOINT_PREFIX}{trainer.state.global_step}"
+    """Write the checkpoint of the current step. A full disk fails the job in words: the half-
+    written directory goes (atomic_dir), the previous checkpoints stay as they were."""
+    step = trainer.state.global_step
+    path = root / f"{CHECKPOINT_PREFIX}{step}"
+    try:
+        _write_checkpoint(trainer, path, optimizer, scheduler)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        earlier = [p for p in list_checkpoints(root) if checkpoint_step(p) < step]
+        last_good = (f"the last good checkpoint, step {checkpoint_step(earlier[-1])}, is intact"
+                     if earlier else "there was no earlier checkpoint")
+        raise TrainingError(
+            f"The disk is full: the checkpoint at step {step} could not be written under {root} "
+            f"({e.strerror}). Nothing half-written was kept and {last_good}. Free space on the models "
+            "volume (DELETE /jobs/{id} of old jobs frees theirs, or lower TUNESERVE_KEEP_LAST_CHECKPOINTS).",
+            kind="environment",
+        ) from e
+    return path
+
+
+def _write_checkpoint(trainer: Trainer, path: Path, optimizer: torch.optim.Optimizer,
+                      scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     with atomic_dir(path) as tmp:
         trainer.task.save_checkpoint(tmp)
+        faults.check_disk(trainer.state.global_step, trainer.config.fault_disk_full_from_step, str(tmp))
         torch.save({
             "format": STATE_FORMAT,
             "config": asdict(trainer.config),
@@ -86,7 +111,6 @@ def save_checkpoint(trainer: Trainer, root: Path, optimizer: torch.optim.Optimiz
             "scaler": trainer.scaler.state_dict(),
             "rng": capture_rng(),
         }, tmp / TRAINING_STATE_FILE)
-    return path
 
 
 def rotate_checkpoints(root: Path, keep_last: int, best_step: int | None, sink: TrainingSink) -> None:

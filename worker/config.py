@@ -64,6 +64,7 @@ class TrainConfig:
     # A checkpoint at least this often (besides every evaluation and epoch end): what a killed
     # worker can lose. See app/settings.py.
     checkpoint_interval_s: float = _runtime(600.0)
+    fault_disk_full_from_step: int | None = _runtime(None)
 
     @classmethod
     def from_hyperparameters(cls, hp: Hyperparameters, settings: Settings) -> TrainConfig:
@@ -79,6 +80,7 @@ class TrainConfig:
             fault_oom_above_eval_batch=settings.fault_oom_above_eval_batch,
             fault_step_delay_s=settings.fault_step_delay_s,
             checkpoint_interval_s=settings.checkpoint_interval_s,
+            fault_disk_full_from_step=settings.fault_disk_full_from_step,
         )
 
     def with_job_fields_of(self, saved: Mapping[str, Any]) -> TrainConfig:

@@ -14,6 +14,10 @@ import re
 from collections.abc import Iterator
 from typing import Literal
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app.db import WRITE_ATTEMPTS
+
 ErrorKind = Literal["data", "environment", "bug"]
 
 # torch.save reports a failed write as a RuntimeError from its zip writer ("PytorchStreamWriter
@@ -57,6 +61,11 @@ def classify(exc: BaseException, job_id: str) -> tuple[ErrorKind, str]:
                 "The disk ran out of space while the worker was writing (a checkpoint or the tuned "
                 f"model); nothing half-written was kept. Free space on the volume of TUNESERVE_MODELS_DIR "
                 f"(DELETE /jobs/{{id}} of old jobs frees their checkpoints), {resume}")
+        if isinstance(link, OperationalError | InterfaceError):
+            return "environment", (
+                "The database connection was lost and did not come back within "
+                f"{WRITE_ATTEMPTS} tries ({text.splitlines()[0][:200] if text else type(link).__name__}). "
+                f"Check that the database is up (GET /readyz), {resume}")
         if isinstance(link, MemoryError) or _OUT_OF_MEMORY.search(text):
             return "environment", (
                 f"The worker ran out of memory ({type(link).__name__}: {text[:200]}). Give the worker more "

@@ -4,6 +4,8 @@ tested on a CPU, and drilled on a real GPU. Every function here is a no-op when 
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 
 import torch
@@ -33,3 +35,10 @@ def step_delay(delay_s: float) -> None:
     """Slow every optimizer step down, so a test can cancel or kill a job mid-run."""
     if delay_s > 0:
         time.sleep(delay_s)
+
+
+def check_disk(step: int, from_step: int | None, where: str) -> None:
+    """Raise the OSError a full disk raises, for a checkpoint written at `step` >= `from_step`."""
+    if from_step is not None and step >= from_step:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected by "
+                      "TUNESERVE_FAULT_DISK_FULL_FROM_STEP)", where)

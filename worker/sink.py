@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.db import session_scope, write_with_retry
 from app.models import Checkpoint, Job, JobEvent, MetricPoint
 from worker.recovery import LeaseKeeper
 from worker.tensorboard import TensorBoardLog
@@ -39,8 +40,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def add_event(job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-    with session_scope() as session:
-        session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=_json_safe(data)))
+    write_with_retry(lambda session: session.add(JobEvent(job_id=job_id, kind=kind, message=message,
+                                                          data=_json_safe(data))),
+                     what=f"job {job_id}: event {kind}")
 
 
 class SqlSink:
@@ -65,20 +67,22 @@ class SqlSink:
     def _rewind_to(self, step: int) -> None:
         """A resumed attempt redoes the steps after its checkpoint: the points (and checkpoint
         rows) the lost attempt wrote past it are replaced, not shown twice."""
-        with session_scope() as session:
+        def write(session: Session) -> None:
             session.execute(delete(MetricPoint).where(
                 MetricPoint.job_id == self.job_id, MetricPoint.kind.in_(("train", "eval")),
                 MetricPoint.step > step))
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == self.job_id,
                                                      Checkpoint.step > step))
+
+        write_with_retry(write, what=f"job {self.job_id}: rewind to step {step}")
         if self.tensorboard is not None:
             self.tensorboard.resumed_at(step)
 
     def _point(self, kind: str, step: int, epoch: float, values: dict[str, Any]) -> None:
         values = _json_safe(values)
-        with session_scope() as session:
-            session.add(MetricPoint(job_id=self.job_id, kind=kind, step=step, epoch=float(epoch),
-                                    values=values))
+        write_with_retry(lambda session: session.add(MetricPoint(
+            job_id=self.job_id, kind=kind, step=step, epoch=float(epoch), values=values)),
+            what=f"job {self.job_id}: {kind} point")
         if self.tensorboard is not None:
             self.tensorboard.scalars(kind, step, {**values, "epoch": epoch})
 
@@ -94,18 +98,19 @@ class SqlSink:
 
     def checkpoint_saved(self, step: int, epoch: float, metrics: dict[str, Any], path: Path,
                          is_best: bool) -> None:
-        with session_scope() as session:
+        def write(session: Session) -> None:
             if is_best:
                 session.execute(update(Checkpoint).where(Checkpoint.job_id == self.job_id)
                                 .values(is_best=False))
             session.add(Checkpoint(job_id=self.job_id, step=step, epoch=float(epoch),
                                    metrics=_json_safe(metrics), path=str(path), is_best=is_best))
 
+        write_with_retry(write, what=f"job {self.job_id}: checkpoint row")
+
     def checkpoint_removed(self, path: Path) -> None:
-        with session_scope() as session:
-            session.execute(update(Checkpoint)
-                            .where(Checkpoint.job_id == self.job_id, Checkpoint.path == str(path))
-                            .values(available=False))
+        write_with_retry(lambda session: session.execute(
+            update(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.path == str(path))
+            .values(available=False)), what=f"job {self.job_id}: checkpoint pruned")
 
     def progress(self, **fields: Any) -> None:
         values = {k: _json_safe(v) for k, v in fields.items() if k in _PROGRESS_FIELDS}
@@ -118,9 +123,9 @@ class SqlSink:
         if now - self._last_progress_write < self.min_progress_interval_s and step != total:
             return
         self._last_progress_write = now
-        with session_scope() as session:
-            session.execute(update(Job).where(Job.id == self.job_id, Job.state == "running")
-                            .values(**values))
+        write_with_retry(lambda session: session.execute(
+            update(Job).where(Job.id == self.job_id, Job.state == "running").values(**values)),
+            what=f"job {self.job_id}: progress")
 
     def last_progress(self) -> dict[str, Any]:
         """The latest progress figures, written or not (the task writes them with the outcome)."""

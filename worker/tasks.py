@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from app import store
 from app.crud.jobs import base_model_source
-from app.db import rows_updated, session_scope
+from app.db import rows_updated, session_scope, write_with_retry
 from app.jobspec import Hyperparameters
 from app.models import Checkpoint, Dataset, Job, TunedModel, new_id, utcnow
 from app.queue import COMPARE_TASK, TRAIN_TASK
@@ -184,10 +184,10 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
-    with session_scope() as session:
-        done = rows_updated(session, update(Job)
+    done = write_with_retry(lambda session: rows_updated(session, update(Job)
                             .where(Job.id == job_id, Job.worker == token, Job.state == "running")
-                            .values(state=state, finished_at=utcnow(), heartbeat_at=None, **fields))
+                            .values(state=state, finished_at=utcnow(), heartbeat_at=None, **fields)),
+                            what=f"job {job_id}: final state")
     if not done:
         log.warning("job %s: final state %s not recorded (no longer owned by this attempt)", job_id, state)
         return

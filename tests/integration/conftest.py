@@ -99,9 +99,11 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
     workers: list[WorkerProcess] = []
     clients: list[Any] = []
 
-    def make(embedded_broker: bool = False, **extra: Any) -> tuple[Any, Callable[..., WorkerProcess]]:
+    def make(embedded_broker: bool = False, broker_url: str | None = None,
+             **extra: Any) -> tuple[Any, Callable[..., WorkerProcess]]:
         # The embedded broker: Celery's SQLAlchemy transport on a SQLite file, as `tuneserve up` uses.
-        broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}" if embedded_broker else redis_broker
+        broker = broker_url or (f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}" if embedded_broker
+                                else redis_broker)
         configure(monkeypatch, tmp_path, database_url, broker_url=broker,
                   **{k: str(v) for k, v in extra.items()})
         client = TestClient(create_app())
