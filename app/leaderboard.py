@@ -58,8 +58,7 @@ def _scalars(figures: dict[str, Any] | None) -> dict[str, float]:
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
-    # SQLite hands back naive datetimes (stored as UTC): compare like with like.
-    return max(0.0, (end.replace(tzinfo=None) - start.replace(tzinfo=None)).total_seconds())
+    return max(0.0, (end - start).total_seconds())  # both zone-aware (UtcDateTime), on SQLite too
 
 
 def leaderboard(experiment: Experiment, jobs: Sequence[Job], points: Sequence[MetricPoint],

@@ -23,7 +23,7 @@ from tests.conftest import SHARED_DATA, make_tiny_encoder
 pytestmark = pytest.mark.slow
 
 TRAIN_ROWS, TEST_ROWS = 200, 40  # 160 train / 40 validation after the 20% hold-out, 40 test
-FAST = {"epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "max_seq_length": 32, "logging_steps": 1,
+FAST = {"epochs": 1, "batch_size": 16, "learning_rate": 5e-4, "max_seq_length": 32, "logging_steps": 1,
         "warmup_ratio": 0.0}
 
 
