@@ -1,5 +1,5 @@
 """Turn per-label probabilities into the /predict answer. Pure Python, no torch: the
-worker's base-vs-tuned comparison can decode with the very same rules."""
+worker's comparison with the baselines can decode with the very same rules."""
 
 from __future__ import annotations
 

@@ -42,24 +42,13 @@ class Encoded:
 
 class LoadedModel:
     def __init__(self, path: Path, *, task: str, num_labels: int, max_seq_length: int | None,
-                 fresh_head_labels: Sequence[str] | None = None, device: str | None = None) -> None:
-        """`fresh_head_labels`: load a base checkpoint with a newly initialized head for these
-        labels (the base side of the base-vs-tuned comparison), instead of a tuned model's own.
-        `device`: "auto" (a GPU when torch sees one), "cpu", "cuda", "cuda:1"...; None: cpu."""
+                 device: str | None = None) -> None:
+        """`device`: "auto" (a GPU when torch sees one), "cpu", "cuda", "cuda:1"...; None: cpu."""
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}")
         trust = get_settings().trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), **tokenizer_options(trust))
-        if fresh_head_labels is not None:
-            names = list(fresh_head_labels)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), num_labels=len(names), id2label=dict(enumerate(names)),
-                label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
-                problem_type="multi_label_classification" if task == "multi_label"
-                else "single_label_classification", **load_options(trust),
-            )
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), **load_options(trust))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), **load_options(trust))
         if model.config.num_labels != num_labels:
             raise ValueError(
                 f"the model in {path} has {model.config.num_labels} outputs but its row lists "
