@@ -23,13 +23,15 @@ def get_job(session: Session, *, job_id: str) -> Job | None:
 
 def list_jobs(
     session: Session, *, principal: Principal, state: str | None = None, dataset_id: str | None = None,
-    limit: int = 100, offset: int = 0,
+    experiment_id: str | None = None, limit: int = 100, offset: int = 0,
 ) -> tuple[Sequence[Job], int]:
     query = principal.scope(select(Job), Job)
     if state:
         query = query.where(Job.state == state)
     if dataset_id:
         query = query.where(Job.dataset_id == dataset_id)
+    if experiment_id:
+        query = query.where(Job.experiment_id == experiment_id)
     count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc()).limit(limit).offset(offset)).all()
     return rows, count

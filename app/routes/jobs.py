@@ -193,12 +193,13 @@ def list_jobs(
     principal: PrincipalDep,
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     dataset_id: IdQuery = None,
+    experiment_id: IdQuery = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> JobsPublic:
-    """List jobs, newest first."""
+    """List jobs, newest first (`experiment_id`: the jobs of one experiment)."""
     rows, count = crud.list_jobs(session, principal=principal, state=state, dataset_id=dataset_id,
-                                 limit=limit, offset=offset)
+                                 experiment_id=experiment_id, limit=limit, offset=offset)
     return JobsPublic(data=[_public(session, settings, r) for r in rows], count=count)
 
 

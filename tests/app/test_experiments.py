@@ -61,6 +61,9 @@ def test_create_queues_one_job_per_model_with_shared_seed_and_overrides(client: 
 
     jobs = [client.get(f"/jobs/{j['job_id']}").json() for j in body["jobs"]]
     assert {job["experiment_id"] for job in jobs} == {body["id"]}
+    client.post("/jobs", json={"dataset_id": dataset_id})  # a job of no experiment
+    of_experiment = client.get("/jobs", params={"experiment_id": body["id"]}).json()
+    assert of_experiment["count"] == 3 and {j["id"] for j in of_experiment["data"]} == {j["id"] for j in jobs}
     assert [job["hyperparameters"]["seed"] for job in jobs] == [7, 7, 7]
     assert [job["hyperparameters"]["learning_rate"] for job in jobs] == [1e-4, 1e-4, 3e-5]
     assert [job["hyperparameters"]["batch_size"] for job in jobs] == [32, 32, 16]
