@@ -87,3 +87,36 @@ def test_a_failed_job_says_whose_fault_it_was(
     assert "outside the 2 labels" in job["error"]
     events = client.get(f"/jobs/{job_id}/events").json()
     assert events[-1]["kind"] == "failed" and events[-1]["data"]["error_kind"] == "data"
+
+
+def test_a_job_failed_by_its_environment_resumes_on_request_from_its_last_checkpoint(
+    client: Any, settings: Any, small_dataset_dir: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.settings import get_settings
+    from worker.tasks import train
+
+    # A worker whose device "runs out of memory" from step 3 on, whatever the micro-batch, and
+    # that checkpoints after every step.
+    for key, value in {"FAULT_OOM_ABOVE_MICRO_BATCH": "0", "FAULT_OOM_FROM_STEP": "3",
+                       "CHECKPOINT_INTERVAL_S": "0"}.items():
+        monkeypatch.setenv(f"TUNESERVE_{key}", value)
+    get_settings.cache_clear()
+    job_id = _queued_job(small_dataset_dir, model_dir, micro_batch_size=8)
+    train(job_id)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["error_kind"] == "environment", job["error"]
+    assert "Out of memory at step 3" in job["error"] and f"POST /jobs/{job_id}/resume" in job["error"]
+    assert job["step"] == 2
+
+    # The machine is fixed (no more fault); the user resumes the job.
+    for key in ("FAULT_OOM_ABOVE_MICRO_BATCH", "FAULT_OOM_FROM_STEP"):
+        monkeypatch.delenv(f"TUNESERVE_{key}")
+    get_settings.cache_clear()
+    assert client.post(f"/jobs/{job_id}/resume").status_code == 202
+    train(job_id)  # the redelivered task, run here
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "succeeded" and job["error"] is None and job["error_kind"] is None
+    events = client.get(f"/jobs/{job_id}/events").json()
+    assert [e["data"]["step"] for e in events if e["kind"] == "resumed"] == [2]
+    assert [p["step"] for p in client.get(f"/jobs/{job_id}/metrics").json()["train"]] == [1, 2, 3, 4, 5, 6]
+    assert job["step"] == 6 and job["micro_batch_size"] == 8  # the same effective batch and split
