@@ -107,7 +107,7 @@ def compare_chat_job(job_id: str, model_id: str | None = None) -> dict[str, Any]
                               "decoding": "greedy"}
     if items:
         spec = read_spec(model_id, tuned_path)
-        models = ChatModels()
+        models = ChatModels("auto")  # the worker's GPU when it has one
         tuned_runtime = models.runtime(spec)
         if spec.adapter:
             base_runtime = tuned_runtime  # the same base, its adapter disabled

@@ -42,7 +42,7 @@ class Generations:
         if self._models is None:
             from app.serving.generation import ChatModels  # torch is imported here, not at start
 
-            self._models = ChatModels()
+            self._models = ChatModels(self.settings.predict_device)  # where /predict serves, too
         return self._models
 
     def evict(self, model_id: str) -> None:

@@ -67,9 +67,12 @@ class Reply:
 class LoadedBase:
     """One causal LM in memory, with any number of named LoRA adapters on it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, device: str | None = None) -> None:
+        from app.serving.runtime import serving_device
+
         self.path = path
-        self.model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options()).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options())
+        self.model: Any = model.to(serving_device(device)).eval()
         self.adapters: set[str] = set()
         self.lock = threading.Lock()  # one generation at a time per base: the active adapter is global
 
@@ -180,7 +183,9 @@ def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
 class ChatModels:
     """Loaded bases by path; a tuned chat model resolves to (base, adapter name, tokenizer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        """`device`: "auto" (a GPU when torch sees one), "cpu", "cuda:N"; None: cpu."""
+        self.device = device
         self._bases: dict[str, LoadedBase] = {}
         self._runtimes: dict[str, ChatRuntime] = {}
         self._lock = threading.Lock()
@@ -195,12 +200,12 @@ class ChatModels:
                 assert spec.base_path is not None
                 base = self._bases.get(spec.base_path)
                 if base is None:
-                    base = self._bases[spec.base_path] = LoadedBase(spec.base_path)
+                    base = self._bases[spec.base_path] = LoadedBase(spec.base_path, self.device)
                 with base.lock:
                     base.add_adapter(spec.model_id, spec.path)
                 adapter: str | None = spec.model_id
             else:
-                base = self._bases[str(spec.path)] = LoadedBase(str(spec.path))
+                base = self._bases[str(spec.path)] = LoadedBase(str(spec.path), self.device)
                 adapter = None
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token
