@@ -36,7 +36,7 @@ run: setup
 	$(BIN)/tuneserve up
 
 test: setup browser
-	$(BIN)/ruff check app worker tests bench migrations examples
+	$(BIN)/ruff check app core worker tests bench migrations examples
 	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 

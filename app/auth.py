@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.models import ApiKey, new_id, utcnow
+from core.tables import ApiKey, new_id, utcnow
 
 # Longest Authorization value looked at; a real key is ~70 characters.
 MAX_KEY_CHARS = 200

@@ -20,7 +20,7 @@ import typer
 
 from app.client.commands import register
 from app.migrate import upgrade_head
-from app.settings import get_settings
+from core.settings import get_settings
 
 # A worker that dies faster than this after its start is failing to start, not crashing:
 # stop instead of restarting it in a tight loop.
@@ -105,7 +105,7 @@ def up(host: str, port: int, loglevel: str) -> int:
 def keys(args: argparse.Namespace) -> int:
     """Create, list or revoke API keys, straight in the database (no running API needed)."""
     from app.auth import create_key, list_keys, revoke_key
-    from app.db import session_scope
+    from core.db import session_scope
 
     settings = get_settings()
     upgrade_head(settings.database_url)

@@ -10,9 +10,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.auth import LOCAL_ADMIN, Principal, verify_key
-from app.db import new_session
 from app.serving.predictor import Predictor
-from app.settings import Settings, get_settings
+from core.db import new_session
+from core.settings import Settings, get_settings
 
 
 def get_session() -> Iterator[Session]:

@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset, TunedModel
-from app.settings import Settings
+from core.settings import Settings
+from core.tables import Dataset, TunedModel
 
 log = logging.getLogger("tuneserve.janitor")
 

@@ -15,8 +15,8 @@ from datetime import datetime
 from statistics import fmean
 from typing import Any
 
-from app.models import Experiment, Job, JobEvent, MetricPoint
 from app.schemas.experiments import ExperimentJobPublic, LeaderboardRow, Recommendation
+from core.tables import Experiment, Job, JobEvent, MetricPoint
 
 ACTIVE_STATES = {"queued", "running"}
 BASELINES = ("tfidf", "majority")

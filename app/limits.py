@@ -8,7 +8,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 # Streamed and limited by their own route class, at max_upload_mb.
 EXEMPT_PREFIXES = ("/datasets",)

@@ -13,8 +13,8 @@ from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
 from app.routes import datasets, events, experiments, generate, health, jobs, models, predict
 from app.serving.predictor import Predictor
-from app.settings import Settings, get_settings
 from app.telemetry import RequestMetrics
+from core.settings import Settings, get_settings
 
 log = logging.getLogger("tuneserve.api")
 
@@ -38,8 +38,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def _sweep_orphans(settings: Settings) -> None:
     """Files a killed process left behind go at start; a failure here must not stop the API."""
-    from app.db import new_session
     from app.janitor import sweep_orphans
+    from core.db import new_session
 
     try:
         with new_session() as session:

@@ -89,7 +89,7 @@ class StateCollector(Collector):
         self._disk: tuple[float, float] | None = None  # (when, bytes)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from app.settings import get_settings
+        from core.settings import get_settings
 
         settings = get_settings()
         try:
@@ -105,8 +105,8 @@ class StateCollector(Collector):
     def _from_database(self) -> Iterator[GaugeMetricFamily]:
         from sqlalchemy import func, select
 
-        from app.db import new_session
-        from app.models import Job, MetricPoint
+        from core.db import new_session
+        from core.tables import Job, MetricPoint
 
         states = ("queued", "running", "succeeded", "failed", "cancelled")
         with new_session() as session:

@@ -43,7 +43,7 @@ def write_dataset(source: Path, rows: int, directory: Path) -> Path:
 
 def one_run(dataset_dir: Path, steps: int, threads: int) -> dict[str, Any]:
     import worker.loop
-    from app.store import bundled_model_path, dir_size_bytes
+    from core.store import bundled_model_path, dir_size_bytes
     from worker.classification import build_classification_task
     from worker.config import TrainConfig
     from worker.recording import RecordingSink

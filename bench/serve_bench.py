@@ -69,7 +69,7 @@ def load_texts(path: Path, n: int) -> list[str]:
 def build_model(directory: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from app.store import bundled_model_path, write_model_meta
+    from core.store import bundled_model_path, write_model_meta
 
     base = str(bundled_model_path())
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -85,10 +85,10 @@ def build_model(directory: Path) -> None:
 
 
 def register(database_url: str, directory: Path) -> str:
-    from app.db import session_scope
     from app.migrate import upgrade_head
-    from app.models import TunedModel
-    from app.store import dir_size_bytes
+    from core.db import session_scope
+    from core.store import dir_size_bytes
+    from core.tables import TunedModel
 
     upgrade_head(database_url)
     with session_scope(database_url) as session:

@@ -125,9 +125,9 @@ def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     import worker.loop as loop
-    from app.jobspec import Hyperparameters
-    from app.settings import Settings
-    from app.store import bundled_model_path
+    from core.jobspec import Hyperparameters
+    from core.settings import Settings
+    from core.store import bundled_model_path
     from worker.classification import build_classification_task
     from worker.recording import RecordingSink
 
@@ -203,7 +203,7 @@ def _run_trainer(args: argparse.Namespace, train: list, val: list, strong: bool)
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
-    from app.store import bundled_model_path
+    from core.store import bundled_model_path
 
     path = str(bundled_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -254,7 +254,7 @@ def run_d(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
 
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-    from app.store import bundled_model_path
+    from core.store import bundled_model_path
     from worker.data_order import epoch_windows
 
     device = _device(torch, args.device)

@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from app.models import Base
-from app.settings import get_settings
+from core.settings import get_settings
+from core.tables import Base
 
 config = context.config
 if config.config_file_name and config.attributes.get("configure_logger", True):

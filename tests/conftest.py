@@ -22,9 +22,9 @@ REDIS_URL = os.environ.get("TUNESERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/1
 
 
 def _clear_caches() -> None:
-    from app.db import _sessionmaker, get_engine
-    from app.queue import _client
-    from app.settings import get_settings
+    from core.db import _sessionmaker, get_engine
+    from core.queue import _client
+    from core.settings import get_settings
 
     for cached in (get_settings, get_engine, _sessionmaker, _client):
         cached.cache_clear()
@@ -43,7 +43,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     try:
         yield f"{PG_URL}?options=-csearch_path%3D{schema}"
     finally:
-        from app.db import get_engine
+        from core.db import get_engine
 
         get_engine.cache_clear()
         with admin.connect() as conn:
@@ -71,7 +71,7 @@ def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
 def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
     configure(monkeypatch, tmp_path, database_url)
     from app.migrate import upgrade_head
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     s = get_settings()
     upgrade_head(s.database_url)
@@ -98,7 +98,7 @@ def make_tiny_classifier(
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from app.store import bundled_model_path
+    from core.store import bundled_model_path
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))
@@ -126,7 +126,7 @@ def make_tiny_encoder(directory: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from app.store import bundled_model_path
+    from core.store import bundled_model_path
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path()))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import ENV_PREFIX, Settings
+from core.settings import ENV_PREFIX, Settings
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -105,7 +105,7 @@ def test_every_tuneserve_variable_the_stack_sets_is_a_valid_setting(compose: dic
         ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
         assert ours, name
         unknown = sorted(k for k in ours if _setting_name(k) not in fields)
-        assert not unknown, f"{name} sets {unknown}, which app/settings.py Settings does not have"
+        assert not unknown, f"{name} sets {unknown}, which core/settings.py Settings does not have"
         # And each value parses as that setting's type.
         settings = Settings(_env_file=None, **{_setting_name(k): v for k, v in ours.items()})  # type: ignore[call-arg]
         assert settings.database_url.startswith("postgresql+psycopg://tuneserve:tuneserve@postgres:5432/")
@@ -130,7 +130,7 @@ def test_env_example_lists_every_setting_and_every_compose_variable(compose: dic
 
 def test_the_image_ships_what_the_services_run() -> None:
     dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
-    for copied in ("app", "worker", "migrations", "alembic.ini", "pyproject.toml"):
+    for copied in ("app", "core", "worker", "migrations", "alembic.ini", "pyproject.toml"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", dockerfile, flags=re.M), copied
     assert "torch==2.13.0" in dockerfile  # the CUDA build of the release pyproject.toml pins
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -11,8 +11,8 @@ import threading
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from app.queue import TRAINING_QUEUE, make_celery
-from app.settings import get_settings
+from core.queue import TRAINING_QUEUE, make_celery
+from core.settings import get_settings
 
 log = logging.getLogger("tuneserve.worker")
 

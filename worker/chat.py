@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from app.settings import get_settings
-from app.store import load_options, resolve_base_model, write_model_meta
+from core.settings import get_settings
+from core.store import load_options, resolve_base_model, write_model_meta
 from worker.config import TrainConfig
 from worker.families.chat import CHAT_METRICS, default_lora_targets
 from worker.protocols import Example, TrainingError

@@ -17,11 +17,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from app import store
-from app.db import session_scope
-from app.models import Dataset, Job, JobEvent, TunedModel, utcnow
-from app.serving.generation import ChatModels, ChatRuntime, read_spec
-from app.settings import get_settings
+from core import store
+from core.db import session_scope
+from core.serving.generation import ChatModels, ChatRuntime, read_spec
+from core.settings import get_settings
+from core.tables import Dataset, Job, JobEvent, TunedModel, utcnow
 
 log = logging.getLogger("tuneserve.worker.chat_compare")
 
@@ -112,7 +112,7 @@ def compare_chat_job(job_id: str, model_id: str | None = None) -> dict[str, Any]
         if spec.adapter:
             base_runtime = tuned_runtime  # the same base, its adapter disabled
         else:
-            from app.serving.generation import ChatSpec
+            from core.serving.generation import ChatSpec
 
             base_source = store.resolve_base_model(base_name)
             base_runtime = models.runtime(ChatSpec(model_id="base", path=Path(base_source), adapter=False,

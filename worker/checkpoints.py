@@ -20,7 +20,7 @@ import torch
 
 # The layout (step-<n> directories, training_state.pt) is the model store's: the API reads it
 # too (resume, retention), so it is defined once there.
-from app.store import (
+from core.store import (
     CHECKPOINT_PREFIX,
     TRAINING_STATE_FILE,
     atomic_dir,

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from app.serving.decode import DEFAULT_THRESHOLD
-from app.settings import get_settings
-from app.store import load_options, resolve_base_model, tokenizer_options, write_model_meta
+from core.serving.decode import DEFAULT_THRESHOLD
+from core.settings import get_settings
+from core.store import load_options, resolve_base_model, tokenizer_options, write_model_meta
 from worker.config import TrainConfig
 from worker.families.classification import LOWER_IS_BETTER, MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
 from worker.metrics import multi_label_metrics, single_label_metrics

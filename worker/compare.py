@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from sqlalchemy import delete
 
-from app.db import session_scope
-from app.models import Dataset, Job, JobEvent, MetricPoint, TunedModel, utcnow
-from app.serving.decode import DEFAULT_THRESHOLD
-from app.serving.runtime import LoadedModel
+from core.db import session_scope
+from core.serving.decode import DEFAULT_THRESHOLD
+from core.serving.runtime import LoadedModel
+from core.tables import Dataset, Job, JobEvent, MetricPoint, TunedModel, utcnow
 from worker.baselines import BASELINE_NAMES, fit_baselines, targets_matrix
 from worker.families.classification import LOWER_IS_BETTER
 from worker.metrics import (

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.jobspec import Hyperparameters
-    from app.settings import Settings
+    from core.jobspec import Hyperparameters
+    from core.settings import Settings
 
 
 def _runtime(default: Any) -> Any:
@@ -57,12 +57,12 @@ class TrainConfig:
     # Length grouping: sort pools of this many optimizer-step windows by length, so each
     # micro-batch pads to similar lengths (the pool keeps the order random across pools).
     length_group_windows: int = _runtime(50)
-    fault_oom_above_micro_batch: int | None = _runtime(None)  # see app/settings.py
+    fault_oom_above_micro_batch: int | None = _runtime(None)  # see core/settings.py
     fault_oom_from_step: int = _runtime(0)
     fault_oom_above_eval_batch: int | None = _runtime(None)
     fault_step_delay_s: float = _runtime(0.0)
     # A checkpoint at least this often (besides every evaluation and epoch end): what a killed
-    # worker can lose. See app/settings.py.
+    # worker can lose. See core/settings.py.
     checkpoint_interval_s: float = _runtime(600.0)
     fault_disk_full_from_step: int | None = _runtime(None)
 

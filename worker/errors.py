@@ -16,7 +16,7 @@ from typing import Literal
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.db import WRITE_ATTEMPTS
+from core.db import WRITE_ATTEMPTS
 
 ErrorKind = Literal["data", "environment", "bug"]
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.store import MODEL_META_FILE, atomic_dir, read_model_meta, write_model_meta
+from core.store import MODEL_META_FILE, atomic_dir, read_model_meta, write_model_meta
 
 # Resume-only files: a served model needs none of them.
 TRAINING_ONLY = frozenset({"training_state.pt"})

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 log = logging.getLogger("tuneserve.worker.health")
 
@@ -28,8 +28,8 @@ def problems() -> list[str]:
     """What this process cannot reach now (empty when it is healthy)."""
     from sqlalchemy import text
 
-    from app.db import new_session
-    from app.queue import broker_reachable
+    from core.db import new_session
+    from core.queue import broker_reachable
 
     found = []
     broker = broker_reachable()

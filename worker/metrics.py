@@ -16,7 +16,7 @@ from sklearn.metrics import (
 )
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from app.serving.decode import DEFAULT_THRESHOLD
+from core.serving.decode import DEFAULT_THRESHOLD
 from worker.fit import diagnose_fit
 
 __all__ = ["diagnose_fit", "multi_label_metrics", "single_label_metrics", "tune_thresholds"]

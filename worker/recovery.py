@@ -16,10 +16,10 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
 
-from app.db import rows_updated, session_scope
-from app.models import Job, JobEvent, utcnow
-from app.queue import TRAIN_TASK, enqueue
-from app.settings import get_settings
+from core.db import rows_updated, session_scope
+from core.queue import TRAIN_TASK, enqueue
+from core.settings import get_settings
+from core.tables import Job, JobEvent, utcnow
 
 log = logging.getLogger("tuneserve.worker.recovery")
 

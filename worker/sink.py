@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.db import session_scope, write_with_retry
-from app.models import Checkpoint, Job, JobEvent, MetricPoint
+from core.db import session_scope, write_with_retry
+from core.tables import Checkpoint, Job, JobEvent, MetricPoint
 from worker.recovery import LeaseKeeper
 from worker.tensorboard import TensorBoardLog
 

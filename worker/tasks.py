@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from app import store
 from app.crud.jobs import base_model_source
-from app.db import rows_updated, session_scope, write_with_retry
-from app.jobspec import Hyperparameters
-from app.models import Checkpoint, Dataset, Job, TunedModel, new_id, utcnow
-from app.queue import COMPARE_TASK, TRAIN_TASK
-from app.settings import get_settings
+from core import store
+from core.db import rows_updated, session_scope, write_with_retry
+from core.jobspec import Hyperparameters
+from core.queue import COMPARE_TASK, TRAIN_TASK
+from core.settings import get_settings
+from core.tables import Checkpoint, Dataset, Job, TunedModel, new_id, utcnow
 from worker.celery_app import app
 from worker.errors import TrainingError, classify
 from worker.recovery import LeaseKeeper, claim_job, new_attempt_token

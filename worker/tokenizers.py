@@ -49,8 +49,8 @@ def load_tokenizer(source: str, shown_name: str) -> Any:
 
     check_tokenizer_packages(source, shown_name)
     try:
-        from app.settings import get_settings
-        from app.store import tokenizer_options
+        from core.settings import get_settings
+        from core.store import tokenizer_options
 
         return AutoTokenizer.from_pretrained(source, **tokenizer_options(get_settings().trust_remote_code))
     except Exception as error:  # noqa: BLE001 - every reason becomes a message the user can act on

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
-from app.models import Dataset
+from core.tables import Dataset
 
 
 def create_dataset(session: Session, *, values: dict[str, Any]) -> Dataset:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
-from app.models import Experiment, Job, JobEvent, MetricPoint
+from core.tables import Experiment, Job, JobEvent, MetricPoint
 
 
 def create_experiment(session: Session, *, values: dict[str, Any]) -> Experiment:

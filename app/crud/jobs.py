@@ -9,9 +9,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
-from app.db import rows_updated
-from app.models import Checkpoint, Job, JobEvent, MetricPoint, TunedModel, utcnow
-from app.store import resolve_base_model
+from core.db import rows_updated
+from core.store import resolve_base_model
+from core.tables import Checkpoint, Job, JobEvent, MetricPoint, TunedModel, utcnow
 
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("failed", "cancelled")

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
-from app.models import Job, TunedModel
+from core.tables import Job, TunedModel
 
 # A job in these states may still read its base model's files.
 ACTIVE_JOB_STATES = ("queued", "running")

@@ -21,10 +21,10 @@ from app.ingest.guards import ReadLimits
 from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
 from app.ingest.upload import SavedUpload, save_upload
-from app.models import Dataset, new_id
 from app.schemas.common import DatasetIdPath, Limit, Offset, errors, reject_unstorable
 from app.schemas.datasets import DatasetDetail, DatasetPublic, DatasetsPublic
-from app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
+from core.tables import Dataset, new_id
 
 # Multipart boundaries and the small form fields ride on top of the files' bytes.
 FORM_OVERHEAD_BYTES = 1024 * 1024

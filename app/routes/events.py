@@ -28,11 +28,11 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import func, select
 
 from app.crud import jobs as crud
-from app.db import new_session
 from app.deps import Authenticated, PrincipalDep
-from app.models import JobEvent, MetricPoint
 from app.schemas.common import MAX_INT32, JobIdPath, errors
 from app.schemas.jobs import JobEventPublic, JobPublic
+from core.db import new_session
+from core.tables import JobEvent, MetricPoint
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 422))

@@ -17,12 +17,12 @@ from app.crud import experiments as crud
 from app.crud import jobs as jobs_crud
 from app.crud import models as models_crud
 from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
-from app.jobspec import Hyperparameters
-from app.models import Dataset, Experiment, Job
-from app.queue import TRAIN_TASK, enqueue
 from app.routes.jobs import remove_job, resolve_base_model
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
+from core.jobspec import Hyperparameters
+from core.queue import TRAIN_TASK, enqueue
+from core.tables import Dataset, Experiment, Job
 from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
 
 log = logging.getLogger("tuneserve.api.experiments")

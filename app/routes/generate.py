@@ -19,11 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import Principal
 from app.crud import models as crud
-from app.db import new_session
 from app.deps import Authenticated, PrincipalDep
 from app.schemas.common import errors
 from app.schemas.generate import GenerateRequest, GenerateResponse
-from app.settings import Settings, get_settings
+from core.db import new_session
+from core.settings import Settings, get_settings
 
 DEFAULT_MAX_NEW_TOKENS = 256
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated],
@@ -36,11 +36,11 @@ class Generations:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.running = 0
-        self._models: Any = None  # app.serving.generation.ChatModels, made on the first request
+        self._models: Any = None  # core.serving.generation.ChatModels, made on the first request
 
     def models(self) -> Any:
         if self._models is None:
-            from app.serving.generation import ChatModels  # torch is imported here, not at start
+            from core.serving.generation import ChatModels  # torch is imported here, not at start
 
             self._models = ChatModels(self.settings.predict_device)  # where /predict serves, too
         return self._models
@@ -82,7 +82,7 @@ def _check_conversation(request: GenerateRequest, settings: Settings) -> None:
 
 
 def _load(gens: Generations, model_id: str, path: Path) -> Any:
-    from app.serving.generation import read_spec
+    from core.serving.generation import read_spec
 
     if not path.is_dir():
         raise HTTPException(409, f"the files of model {model_id!r} are missing; it cannot be served")

@@ -8,8 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from app.deps import SessionDep
-from app.queue import broker_reachable
 from app.schemas.common import errors
+from core.queue import broker_reachable
 
 router = APIRouter(tags=["health"])
 

@@ -12,12 +12,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from app import store
 from app.auth import Principal
 from app.crud import jobs as crud
 from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
-from app.models import Dataset, Job, TunedModel
-from app.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from app.routes.models import remove_model
 from app.schemas.common import MAX_INT32, IdQuery, JobIdPath, Limit, Offset, errors
 from app.schemas.jobs import (
@@ -27,7 +24,10 @@ from app.schemas.jobs import (
     JobPublic,
     JobsPublic,
 )
-from app.settings import Settings
+from core import store
+from core.queue import COMPARE_TASK, TRAIN_TASK, enqueue
+from core.settings import Settings
+from core.tables import Dataset, Job, TunedModel
 from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
 
 log = logging.getLogger("tuneserve.api.jobs")

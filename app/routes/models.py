@@ -16,12 +16,12 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import Principal
 from app.crud import models as crud
 from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
-from app.models import TunedModel
 from app.routes.generate import generations
 from app.schemas.common import Limit, ModelIdPath, Offset, errors
 from app.schemas.models import ModelPublic, ModelsPublic
 from app.serving.export import iter_targz
-from app.settings import Settings
+from core.settings import Settings
+from core.tables import TunedModel
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Authenticated],
                    responses=errors(401, 404, 409, 422))
@@ -122,7 +122,7 @@ def download_model(
             media_type="application/gzip",
             headers={"Content-Disposition": f'attachment; filename="{name}.tar.gz"'},
         )
-    from app.serving.generation import merge_to_directory, read_spec  # torch: only for a merge
+    from core.serving.generation import merge_to_directory, read_spec  # torch: only for a merge
 
     staging = Path(tempfile.mkdtemp(prefix=f".merge-{model_id}-", dir=settings.data_dir))
     try:

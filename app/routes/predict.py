@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import Principal
 from app.crud import models as crud
-from app.db import new_session
 from app.deps import Authenticated, PredictorDep, PrincipalDep
 from app.schemas.common import errors
 from app.schemas.predict import PredictRequest, PredictResponse
 from app.serving import ModelLoadError, ModelSpec, QueueFull, decode_multi_label, decode_single_label
 from app.serving.batching import BatcherClosed
-from app.settings import Settings
+from core.db import new_session
+from core.settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 409, 413, 422, 429, 503))

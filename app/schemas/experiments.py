@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.jobspec import Hyperparameters
 from app.schemas.common import CleanStr, Id, id_path
 from app.schemas.jobs import JobState
+from core.jobspec import Hyperparameters
 
 ExperimentState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ExperimentIdPath = Annotated[str, id_path("experiment")]

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.jobspec import Hyperparameters
 from app.schemas.common import CleanStr, Id
+from core.jobspec import Hyperparameters
 
 __all__ = ["Hyperparameters", "JobCreate", "JobPublic", "JobsPublic", "JobEventPublic", "CheckpointPublic"]
 

@@ -6,8 +6,8 @@ budget, and a single worker thread runs each forward under `torch.inference_mode
 Nothing here imports torch until the first model is loaded, so the API starts fast.
 """
 
-from app.serving.decode import decode_multi_label, decode_single_label
 from app.serving.predictor import ModelLoadError, ModelSpec, Predictor, QueueFull, TextScores
+from core.serving.decode import decode_multi_label, decode_single_label
 
 __all__ = [
     "ModelLoadError",

@@ -26,27 +26,6 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 
-def plan_chunks(lengths: Sequence[int], *, overhead_tokens: int) -> list[int]:
-    """Split texts sorted by length into consecutive chunks, each padded to its longest text,
-    minimising padded tokens plus `overhead_tokens` per chunk. Returns the chunks' end indices.
-
-    Exact (dynamic programming over split points); n is a batch, so n^2 is nothing."""
-    n = len(lengths)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        for start in range(end):
-            cost = best[start] + (end - start) * lengths[end - 1] + overhead_tokens
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    ends: list[int] = []
-    end = n
-    while end > 0:
-        ends.append(end)
-        end = cut[end]
-    return ends[::-1]
-
-
 @dataclass(slots=True)
 class _Pending(Generic[ItemT, ResultT]):
     item: ItemT

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from app.serving.batching import Batcher
 from app.serving.cache import MemoryLRU
-from app.settings import Settings
 from app.telemetry import MODEL_CACHE
+from core.settings import Settings
 
 if TYPE_CHECKING:
-    from app.serving.runtime import Encoded, LoadedModel
+    from core.serving.runtime import Encoded, LoadedModel
 
 log = logging.getLogger("tuneserve.serving")
 
@@ -209,7 +209,7 @@ def _load_model(spec: ModelSpec, device: str) -> LoadedModel:
     # spinning workers took that CPU and cut /predict throughput tenfold under load on 2 cores.
     # Read once, when torch loads libgomp just below; set OMP_WAIT_POLICY=ACTIVE to opt out.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from app.serving.runtime import LoadedModel  # torch is imported here, on the first load
+    from core.serving.runtime import LoadedModel  # torch is imported here, on the first load
 
     return LoadedModel(
         spec.path, task=spec.task, num_labels=len(spec.labels), max_seq_length=spec.max_seq_length,

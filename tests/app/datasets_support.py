@@ -53,8 +53,8 @@ def stored(settings: Any, dataset_id: str, split: str = "train") -> Any:
 
 
 def dataset_rows(settings: Any) -> int:
-    from app.db import new_session
-    from app.models import Dataset
+    from core.db import new_session
+    from core.tables import Dataset
 
     with new_session(settings.database_url) as session:
         return session.scalar(select(func.count()).select_from(Dataset)) or 0

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from app.auth import create_key
-from app.db import session_scope
-from app.models import ApiKey, Dataset, Job, TunedModel
+from core.db import session_scope
+from core.tables import ApiKey, Dataset, Job, TunedModel
 from tests.app.datasets_support import csv_bytes, upload
 from tests.conftest import configure
 
@@ -24,7 +24,7 @@ def keyed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str) ->
     from app.migrate import upgrade_head
 
     configure(monkeypatch, tmp_path, database_url, auth="on", max_active_jobs_per_key="2")
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     upgrade_head(get_settings().database_url)
     with session_scope() as session:
@@ -132,7 +132,7 @@ def test_local_dirs_an_admin_allows_are_open_to_every_key(
 ) -> None:
     client, keys = keyed
     monkeypatch.setenv("TUNESERVE_BASE_MODEL_DIRS", str(tiny_encoder_dir.parent))
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     ds = client.post("/datasets", files={"file": ("a.csv", _csv())}, headers=keys["bob"]).json()["id"]

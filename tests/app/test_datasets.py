@@ -167,8 +167,8 @@ def test_list_read_delete(client, settings) -> None:  # type: ignore[no-untyped-
 
 
 def test_delete_refused_while_a_job_uses_it(client, settings) -> None:  # type: ignore[no-untyped-def]
-    from app.db import session_scope
-    from app.models import Job
+    from core.db import session_scope
+    from core.tables import Job
 
     dataset_id = upload(client, HATE_SLICE, "hate.tsv").json()["id"]
     with session_scope(settings.database_url) as session:
@@ -184,8 +184,8 @@ def test_delete_refused_while_a_job_uses_it(client, settings) -> None:  # type: 
 def test_a_dataset_only_finished_jobs_used_is_deleted_and_they_keep_their_history(  # type: ignore[no-untyped-def]
     client, settings
 ) -> None:
-    from app.db import session_scope
-    from app.models import Job, JobEvent
+    from core.db import session_scope
+    from core.tables import Job, JobEvent
 
     dataset_id = upload(client, HATE_SLICE, "hate.tsv").json()["id"]
     with session_scope(settings.database_url) as session:

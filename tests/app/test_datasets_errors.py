@@ -130,7 +130,7 @@ def _limited_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_ur
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     return TestClient(create_app()), get_settings()
 

@@ -14,8 +14,8 @@ from typing import Any
 from httpx_sse import connect_sse
 from sqlalchemy import update
 
-from app.db import session_scope
-from app.models import Dataset, Job, JobEvent, MetricPoint, utcnow
+from core.db import session_scope
+from core.tables import Dataset, Job, JobEvent, MetricPoint, utcnow
 
 
 def _job(state: str = "running") -> str:
@@ -141,7 +141,7 @@ def test_the_stream_needs_the_key_that_owns_the_job(monkeypatch: Any, tmp_path: 
     from app.auth import create_key
     from app.main import create_app
     from app.migrate import upgrade_head
-    from app.settings import get_settings
+    from core.settings import get_settings
     from tests.conftest import configure
 
     configure(monkeypatch, tmp_path, database_url, auth="on")

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import Dataset, Experiment, Job, JobEvent, MetricPoint, utcnow
+from core.db import session_scope
+from core.tables import Dataset, Experiment, Job, JobEvent, MetricPoint, utcnow
 
 
 def _dataset() -> str:
@@ -103,7 +103,7 @@ def test_a_refused_experiment_names_the_problem_and_leaves_nothing(client: Any, 
 
 def test_too_many_models_for_the_key_is_a_429_and_nothing_is_queued(client: Any, two_models: list[str],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setattr(get_settings(), "max_active_jobs_per_key", 2)
     resp = client.post("/experiments", json={"dataset_id": _dataset(),
@@ -204,8 +204,8 @@ def test_when_no_model_beats_tfidf_the_recommendation_says_so(client: Any, two_m
 
 def test_delete_removes_the_jobs_rows_and_files_through_the_job_deletion_path(
         client: Any, two_models: list[str], settings: Any) -> None:
-    from app import store
-    from app.models import TunedModel
+    from core import store
+    from core.tables import TunedModel
 
     created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
     job_ids = [j["job_id"] for j in created["jobs"]]
@@ -236,7 +236,7 @@ def test_delete_removes_the_jobs_rows_and_files_through_the_job_deletion_path(
 
 
 def test_delete_with_models_removes_them_too(client: Any, two_models: list[str]) -> None:
-    from app.models import TunedModel
+    from core.tables import TunedModel
 
     created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
     for j in created["jobs"]:

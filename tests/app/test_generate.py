@@ -15,8 +15,8 @@ from tests.conftest import configure
 
 
 def _register_chat_model(settings: Any, source: Path, model_id: str = "mdl_chat") -> str:
-    from app.db import session_scope
-    from app.models import TunedModel
+    from core.db import session_scope
+    from core.tables import TunedModel
 
     path = Path(settings.models_dir) / "models" / model_id
     shutil.copytree(source, path)
@@ -30,7 +30,7 @@ def _register_chat_model(settings: Any, source: Path, model_id: str = "mdl_chat"
 def chat_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str, tiny_chat_lm_dir: Path) -> Any:
     from app.main import create_app
     from app.migrate import upgrade_head
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     configure(monkeypatch, tmp_path, sqlite_url, generate_max_concurrent="1", generate_max_prompt_tokens="40",
               generate_max_new_tokens="64")

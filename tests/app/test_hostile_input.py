@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import Dataset, Job
+from core.db import session_scope
+from core.tables import Dataset, Job
 from tests.conftest import configure
 from tests.serving.helpers import register_model
 

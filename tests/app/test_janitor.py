@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.db import session_scope
-from app.models import Dataset, TunedModel
+from core.db import session_scope
+from core.tables import Dataset, TunedModel
 
 
 def _aged(path: Path, age_s: float) -> Path:

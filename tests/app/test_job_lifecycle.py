@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import Checkpoint, Dataset, Job, JobEvent, MetricPoint, TunedModel
-from app.store import TRAINING_STATE_FILE, checkpoints_dir, dir_size_bytes, job_dir
+from core.db import session_scope
+from core.store import TRAINING_STATE_FILE, checkpoints_dir, dir_size_bytes, job_dir
+from core.tables import Checkpoint, Dataset, Job, JobEvent, MetricPoint, TunedModel
 from tests.serving.helpers import register_model
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models import Dataset, Job, JobEvent
+from core.db import session_scope
+from core.tables import Dataset, Job, JobEvent
 
 
 def _dataset(task: str = "single_label", labels: list[str] | None = None) -> str:

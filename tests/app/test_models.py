@@ -15,8 +15,8 @@ from tests.serving.helpers import KOREAN_LABELS, MULTI_LABELS, register_model
 
 
 def _add_job(settings, *, base_model_id: str, state: str) -> str:  # type: ignore[no-untyped-def]
-    from app.db import session_scope
-    from app.models import Dataset, Job
+    from core.db import session_scope
+    from core.tables import Dataset, Job
 
     with session_scope() as session:
         dataset = Dataset(
@@ -80,8 +80,8 @@ def test_delete_removes_row_files_and_loaded_copy(client, settings) -> None:  # 
 
 
 def test_delete_is_refused_while_a_job_trains_from_the_model(client, settings) -> None:  # type: ignore[no-untyped-def]
-    from app.db import session_scope
-    from app.models import Job
+    from core.db import session_scope
+    from core.tables import Job
 
     model_id = register_model(settings)
     queued = _add_job(settings, base_model_id=model_id, state="queued")
@@ -102,8 +102,8 @@ def test_delete_is_refused_while_a_job_trains_from_the_model(client, settings) -
 
 
 def test_delete_keeps_files_outside_the_store(client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from app.db import session_scope
-    from app.models import TunedModel
+    from core.db import session_scope
+    from core.tables import TunedModel
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -130,7 +130,7 @@ def sqlite_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: s
 def test_download_is_a_directory_a_plain_pipeline_loads(sqlite_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from transformers import pipeline
 
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     model_id = register_model(get_settings())
     resp = sqlite_client.get(f"/models/{model_id}/download")
@@ -159,7 +159,7 @@ def test_download_is_a_directory_a_plain_pipeline_loads(sqlite_client, tmp_path:
 def test_download_errors(sqlite_client) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     assert sqlite_client.get("/models/mdl_nope/download").status_code == 404
     model_id = register_model(get_settings())

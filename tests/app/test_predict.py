@@ -22,7 +22,7 @@ def _api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str, **lim
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     configure(monkeypatch, tmp_path, sqlite_url, **limits)
     with TestClient(create_app()) as c:
@@ -124,7 +124,7 @@ def test_full_queue_answers_429_with_retry_after(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str
 ) -> None:
     from app.main import create_app
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     configure(monkeypatch, tmp_path, sqlite_url, predict_max_queue="4", predict_max_wait_ms="20")
     settings = get_settings()

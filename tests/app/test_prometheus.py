@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.db import session_scope
-from app.models import Dataset, Job, MetricPoint
+from core.db import session_scope
+from core.tables import Dataset, Job, MetricPoint
 from tests.serving.helpers import register_model
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +128,7 @@ def test_bad_value_in_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch, t
 def test_a_seed_style_config_ini_names_what_it_ignores_at_start_up(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     config = tmp_path / "config.ini"
     config.write_text(
@@ -155,7 +155,7 @@ def test_a_seed_style_config_ini_names_what_it_ignores_at_start_up(
 def test_unknown_keys_in_the_tuneserve_section_and_toml_tables_are_named(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from app.settings import config_file_warnings
+    from core.settings import config_file_warnings
 
     ini = tmp_path / "config.ini"
     ini.write_text("[tuneserve]\nmax_upload_mb = 12\nmax_uplaod_mb = 13\n", encoding="utf-8")

@@ -18,10 +18,10 @@ def test_the_key_goes_in_the_bearer_header(monkeypatch: pytest.MonkeyPatch, tmp_
     from fastapi.testclient import TestClient
 
     from app.auth import create_key
-    from app.db import session_scope
     from app.main import create_app
     from app.migrate import upgrade_head
-    from app.settings import get_settings
+    from core.db import session_scope
+    from core.settings import get_settings
 
     configure(monkeypatch, tmp_path, database_url, auth="on")
     upgrade_head(get_settings().database_url)

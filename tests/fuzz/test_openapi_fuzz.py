@@ -41,11 +41,11 @@ def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Any, 
     """The app on a private PostgreSQL schema, with one real dataset, job and model in it."""
     from fastapi.testclient import TestClient
 
-    from app.db import get_engine, session_scope
     from app.main import create_app
     from app.migrate import upgrade_head
-    from app.models import TunedModel
-    from app.settings import get_settings
+    from core.db import get_engine, session_scope
+    from core.settings import get_settings
+    from core.tables import TunedModel
 
     schema_name = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")

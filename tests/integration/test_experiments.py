@@ -16,8 +16,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from app.db import session_scope
-from app.models import Dataset
+from core.db import session_scope
+from core.tables import Dataset
 from tests.conftest import SHARED_DATA, make_tiny_encoder
 
 pytestmark = pytest.mark.slow

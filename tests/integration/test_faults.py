@@ -57,7 +57,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     try:
         yield f"{PG_URL}?options=-csearch_path%3D{schema}&application_name=tuneserve-fault-{schema}"
     finally:
-        from app.db import get_engine
+        from core.db import get_engine
 
         get_engine.cache_clear()
         with admin.connect() as conn:
@@ -271,7 +271,7 @@ def test_disk_full_at_a_checkpoint_fails_the_job_cleanly_and_keeps_the_last_good
     mount of its own."""
     import torch
 
-    from app.store import checkpoints_dir
+    from core.store import checkpoints_dir
 
     client, start_worker = stack(embedded_broker=embedded, fault_disk_full_from_step=4)
     worker = start_worker()

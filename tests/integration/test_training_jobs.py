@@ -77,8 +77,8 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from app.settings import get_settings
-    from app.store import model_dir
+    from core.settings import get_settings
+    from core.store import model_dir
 
     directory = str(model_dir(get_settings().models_dir, job["model_id"]))
     tuned = AutoModelForSequenceClassification.from_pretrained(directory).eval()

@@ -33,7 +33,7 @@ def tiny_model_dir(
     max_seq_length: int | None = 128,
 ) -> Path:
     """A copy of a tiny classifier with its tuneserve.json, as a finished job writes it."""
-    from app.store import write_model_meta
+    from core.store import write_model_meta
 
     shutil.copytree(_template(task, seed), directory)
     labels = MULTI_LABELS if task == "multi_label" else KOREAN_LABELS
@@ -60,9 +60,9 @@ def register_model(
     **row: Any,
 ) -> str:
     """Build a tiny model in the store and insert its `models` row; returns the model id."""
-    from app.db import session_scope
-    from app.models import TunedModel, new_id
-    from app.store import dir_size_bytes, model_dir
+    from core.db import session_scope
+    from core.store import dir_size_bytes, model_dir
+    from core.tables import TunedModel, new_id
 
     model_id = new_id("mdl")
     directory = tiny_model_dir(

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.serving.batching import Batcher, BatcherClosed, plan_chunks
+from app.serving.batching import Batcher, BatcherClosed
+from core.serving.runtime import plan_chunks
 
 pytestmark = pytest.mark.anyio
 

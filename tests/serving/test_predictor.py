@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.serving import ModelLoadError, ModelSpec, Predictor, QueueFull
-from app.settings import Settings
+from core.settings import Settings
 from tests.serving.helpers import KOREAN_LABELS, MULTI_LABELS, tiny_model_dir
 
 pytestmark = pytest.mark.anyio
@@ -172,7 +172,7 @@ def test_the_serving_package_does_not_import_torch_until_a_model_loads() -> None
 def test_serving_device_auto_is_the_gpu_only_when_torch_sees_one() -> None:
     import torch
 
-    from app.serving.runtime import serving_device
+    from core.serving.runtime import serving_device
 
     assert serving_device(None) == serving_device("cpu") == torch.device("cpu")
     assert serving_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,10 +16,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.multiclass import OneVsRestClassifier
 
-from app.db import session_scope
-from app.models import Dataset, Job, JobEvent, MetricPoint, TunedModel
-from app.serving.runtime import LoadedModel
-from app.store import write_model_meta
+from core.db import session_scope
+from core.serving.runtime import LoadedModel
+from core.store import write_model_meta
+from core.tables import Dataset, Job, JobEvent, MetricPoint, TunedModel
 from tests.conftest import FIXTURES, make_tiny_classifier
 from tests.worker.helpers import LABELS as TOPICS
 from tests.worker.helpers import write_dataset

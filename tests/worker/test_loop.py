@@ -32,8 +32,8 @@ def test_epoch_order_is_a_seeded_length_grouped_permutation() -> None:
 
 
 def test_config_from_hyperparameters_takes_job_and_settings_fields() -> None:
-    from app.jobspec import Hyperparameters
-    from app.settings import Settings
+    from core.jobspec import Hyperparameters
+    from core.settings import Settings
 
     hp = Hyperparameters(batch_size=16, learning_rate=5e-5, eval_strategy="steps", eval_steps=7)
     settings = Settings(max_micro_batch_size=8, keep_last_checkpoints=3, torch_threads=2,

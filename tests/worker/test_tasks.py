@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.db import session_scope
-from app.models import Checkpoint, Dataset, Job, TunedModel
-from app.store import TRAINING_STATE_FILE, checkpoints_dir, dir_size_bytes, job_dir
+from core.db import session_scope
+from core.store import TRAINING_STATE_FILE, checkpoints_dir, dir_size_bytes, job_dir
+from core.tables import Checkpoint, Dataset, Job, TunedModel
 from tests.conftest import make_tiny_classifier
 from tests.worker.helpers import LABELS
 
@@ -92,7 +92,7 @@ def test_a_failed_job_says_whose_fault_it_was(
 def test_a_job_failed_by_its_environment_resumes_on_request_from_its_last_checkpoint(
     client: Any, settings: Any, small_dataset_dir: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.settings import get_settings
+    from core.settings import get_settings
     from worker.tasks import train
 
     # A worker whose device "runs out of memory" from step 3 on, whatever the micro-batch, and

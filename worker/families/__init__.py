@@ -23,7 +23,7 @@ from worker.families.chat import CHAT
 from worker.families.classification import CLASSIFICATION
 
 if TYPE_CHECKING:
-    from app.jobspec import Hyperparameters
+    from core.jobspec import Hyperparameters
     from worker.config import TrainConfig
     from worker.protocols import TrainingTask
 

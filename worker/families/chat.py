@@ -1,5 +1,5 @@
 """Chat: supervised fine-tuning of a causal language model on conversations (worker/chat.py is its
-TrainingTask, worker/chat_compare.py its comparison; app/serving/generation.py serves it).
+TrainingTask, worker/chat_compare.py its comparison; core/serving/generation.py serves it).
 
 Evaluation metrics: `loss` (mean cross-entropy over the assistant's tokens), `token_accuracy`
 (share of the assistant's tokens predicted exactly, teacher-forced) and `perplexity` (exp(loss)).
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.jobspec import Hyperparameters
+    from core.jobspec import Hyperparameters
     from worker.config import TrainConfig
     from worker.protocols import TrainingTask
 
@@ -72,7 +72,7 @@ class ChatFamily:
 
     def model_meta(self, checkpoint: Path, task: str, labels: list[str], hp: Hyperparameters,
                    base_model: str, job_id: str) -> dict[str, Any]:
-        from app import store
+        from core import store
 
         saved = store.read_model_meta(checkpoint)
         return {"task": "chat", "labels": [],

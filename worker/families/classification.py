@@ -1,16 +1,16 @@
 """Text classification, single-label and multi-label: worker/classification.py is its
 TrainingTask, worker/compare.py its comparison (with worker/baselines.py: majority and TF-IDF
-baselines on the same rows), app/serving/runtime.py its serving runtime."""
+baselines on the same rows), core/serving/runtime.py its serving runtime."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app import store
+from core import store
 
 if TYPE_CHECKING:
-    from app.jobspec import Hyperparameters
+    from core.jobspec import Hyperparameters
     from worker.config import TrainConfig
     from worker.protocols import TrainingTask
 

@@ -272,7 +272,7 @@ def config_file_warnings() -> list[str]:
     if not ignored:
         return []
     return [f"{ENV_PREFIX}CONFIG {path}: ignored {', '.join(ignored)}. Only the [tuneserve] section's "
-            "service settings are read (see app/settings.py); job settings such as the model, epochs, "
+            "service settings are read (see core/settings.py); job settings such as the model, epochs, "
             "batch size or learning rate go into a job's hyperparameters (POST /jobs)."]
 
 

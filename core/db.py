@@ -13,7 +13,7 @@ from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 log = logging.getLogger("tuneserve.db")
 T = TypeVar("T")

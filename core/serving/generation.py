@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
-from app import store
-from app.settings import get_settings
+from core import store
+from core.settings import get_settings
 
 # A tokenizer with no template of its own was trained with this one (worker/chat.py): the same
 # text must reach the model at serving time, so the template is saved with the tokenizer.
@@ -68,7 +68,7 @@ class LoadedBase:
     """One causal LM in memory, with any number of named LoRA adapters on it."""
 
     def __init__(self, path: str, device: str | None = None) -> None:
-        from app.serving.runtime import serving_device
+        from core.serving.runtime import serving_device
 
         self.path = path
         model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options())
