@@ -16,21 +16,21 @@ from statistics import fmean
 from typing import Any
 
 from app.schemas.experiments import ExperimentJobPublic, LeaderboardRow, Recommendation
+from core.jobstate import JobState
 from core.tables import Experiment, Job, JobEvent, MetricPoint
 
-ACTIVE_STATES = {"queued", "running"}
 BASELINES = ("tfidf", "majority")
 
 
 def state_of(experiment: Experiment, jobs: Sequence[Job]) -> str:
-    states = {job.state for job in jobs}
-    if "running" in states:
-        return "running"
-    if "queued" in states:
-        return "queued"
-    if experiment.cancel_requested or states == {"cancelled"}:
-        return "cancelled"
-    return "succeeded" if "succeeded" in states else "failed"
+    states = {JobState(job.state) for job in jobs}
+    if JobState.RUNNING in states:
+        return JobState.RUNNING
+    if JobState.QUEUED in states:
+        return JobState.QUEUED
+    if experiment.cancel_requested or states == {JobState.CANCELLED}:
+        return JobState.CANCELLED
+    return JobState.SUCCEEDED if JobState.SUCCEEDED in states else JobState.FAILED
 
 
 def progress_of(jobs: Sequence[Job]) -> float:
@@ -129,7 +129,8 @@ def recommend(rows: Sequence[LeaderboardRow], metric: str, greater_is_better: bo
               final: bool) -> Recommendation | None:
     """The best fine-tuned model by the primary metric on validation (the test split, when there
     is one, is reported, never used to choose), and how it stands against TF-IDF."""
-    models = [r for r in rows if r.kind == "model" and r.state == "succeeded" and metric in r.validation]
+    models = [r for r in rows
+              if r.kind == "model" and r.state == JobState.SUCCEEDED and metric in r.validation]
     if not models:
         return None
     best = models[0]  # rows are ranked

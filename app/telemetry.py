@@ -106,12 +106,13 @@ class StateCollector(Collector):
         from sqlalchemy import func, select
 
         from core.db import new_session
+        from core.jobstate import JobState
         from core.tables import Job, MetricPoint
 
-        states = ("queued", "running", "succeeded", "failed", "cancelled")
+        states = tuple(JobState)
         with new_session() as session:
             counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-            running = list(session.scalars(select(Job.id).where(Job.state == "running")))
+            running = list(session.scalars(select(Job.id).where(Job.state == JobState.RUNNING)))
             rates = []
             for job_id in running:
                 values = session.scalar(select(MetricPoint.values).where(
@@ -125,7 +126,7 @@ class StateCollector(Collector):
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
         depth = GaugeMetricFamily("tuneserve_queue_depth", "Jobs queued and not yet taken by a worker.")
-        depth.add_metric([], counts.get("queued", 0))
+        depth.add_metric([], counts.get(JobState.QUEUED, 0))
         yield depth
         speed = GaugeMetricFamily(
             "tuneserve_training_samples_per_second",

@@ -93,7 +93,7 @@ class Job(Base):
     # The experiment this job is one model of (POST /experiments); None for a job on its own.
     experiment_id: Mapped[str | None] = mapped_column(String(40), index=True)
     task: Mapped[str] = mapped_column(String(32))
-    # queued -> running -> succeeded | failed | cancelled
+    # A JobState value (core/jobstate.py, which makes every change to it).
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -2,7 +2,8 @@
 
 A running job is owned by the attempt whose token is in `jobs.worker`, for as long as that
 attempt writes `heartbeat_at` at least once per `job_lease_s`. Every state change is a
-conditional UPDATE, so duplicate deliveries and racing workers settle in the database.
+conditional UPDATE (core/jobstate.py), so duplicate deliveries and racing workers settle in the
+database.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import threading
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select
 
-from core.db import rows_updated, session_scope
+from core import jobstate
+from core.db import session_scope
+from core.jobstate import JobState
 from core.queue import TRAIN_TASK, enqueue
 from core.settings import get_settings
 from core.tables import Job, JobEvent, utcnow
@@ -34,30 +37,19 @@ def claim_job(job_id: str, token: str) -> str | None:
     lease = timedelta(seconds=get_settings().job_lease_s)
     now = utcnow()
     with session_scope() as session:
-        fresh = rows_updated(session, update(Job)
-            .where(Job.id == job_id, Job.state == "queued")
-            .values(state="running", worker=token, heartbeat_at=now, started_at=now,
-                    attempts=Job.attempts + 1))
-        if fresh:
+        if jobstate.claim(session, job_id=job_id, token=token, now=now):
             return "started"
-        stale = rows_updated(session, update(Job)
-            .where(
-                Job.id == job_id,
-                Job.state == "running",
-                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - lease),
-            )
-            .values(worker=token, heartbeat_at=now, attempts=Job.attempts + 1))
-        return "taken_over" if stale else None
+        if jobstate.take_over(session, job_id=job_id, token=token, now=now, lease=lease):
+            return "taken_over"
+        return None
 
 
 def heartbeat(job_id: str, token: str) -> tuple[bool, bool]:
     """Renew the lease. Returns (still_owner, cancel_requested)."""
     with session_scope() as session:
-        owned = rows_updated(session, update(Job)
-            .where(Job.id == job_id, Job.worker == token, Job.state == "running")
-            .values(heartbeat_at=utcnow()))
+        owned = jobstate.renew_lease(session, job_id=job_id, token=token)
         cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-    return bool(owned), bool(cancel)
+    return owned, bool(cancel)
 
 
 class LeaseKeeper:
@@ -100,15 +92,10 @@ def requeue_dead_jobs() -> list[str]:
     requeued: list[str] = []
     with session_scope() as session:
         job_ids = session.scalars(
-            select(Job.id).where(and_(Job.state == "running", Job.heartbeat_at < cutoff))
+            select(Job.id).where(and_(Job.state == JobState.RUNNING, Job.heartbeat_at < cutoff))
         ).all()
         for job_id in job_ids:
-            # Clearing the heartbeat marks it as handed back (the sweep skips it next time)
-            # while the claim of the redelivered task still sees it as free to take over.
-            done = rows_updated(session, update(Job)
-                .where(Job.id == job_id, Job.state == "running", Job.heartbeat_at < cutoff)
-                .values(heartbeat_at=None))
-            if done:
+            if jobstate.hand_back(session, job_id=job_id, cutoff=cutoff):
                 session.add(JobEvent(
                     job_id=job_id, kind="worker_lost",
                     message=f"No heartbeat for {settings.job_lease_s:.0f} s: the worker running this job "

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.db import session_scope, write_with_retry
+from core.jobstate import JobState
 from core.tables import Checkpoint, Job, JobEvent, MetricPoint
 from worker.recovery import LeaseKeeper
 from worker.tensorboard import TensorBoardLog
@@ -124,7 +125,7 @@ class SqlSink:
             return
         self._last_progress_write = now
         write_with_retry(lambda session: session.execute(
-            update(Job).where(Job.id == self.job_id, Job.state == "running").values(**values)),
+            update(Job).where(Job.id == self.job_id, Job.state == JobState.RUNNING).values(**values)),
             what=f"job {self.job_id}: progress")
 
     def last_progress(self) -> dict[str, Any]:

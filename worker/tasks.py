@@ -10,12 +10,13 @@ from typing import Any
 from sqlalchemy import select, update
 
 from app.crud.jobs import base_model_source
-from core import store
-from core.db import rows_updated, session_scope, write_with_retry
+from core import jobstate, store
+from core.db import session_scope, write_with_retry
 from core.jobspec import Hyperparameters
+from core.jobstate import JobState
 from core.queue import COMPARE_TASK, TRAIN_TASK
 from core.settings import get_settings
-from core.tables import Checkpoint, Dataset, Job, TunedModel, new_id, utcnow
+from core.tables import Checkpoint, Dataset, Job, TunedModel, new_id
 from worker.celery_app import app
 from worker.errors import TrainingError, classify
 from worker.recovery import LeaseKeeper, claim_job, new_attempt_token
@@ -45,7 +46,7 @@ def train(job_id: str) -> None:
             outcome, fields = _run(job_id, sink)
         except Exception as exc:
             kind, message = classify(exc, job_id)
-            outcome, fields = "failed", {"error": message, "error_kind": kind}
+            outcome, fields = JobState.FAILED, {"error": message, "error_kind": kind}
             log.exception("job %s failed (%s)", job_id, kind)
         finally:
             sink.close()
@@ -59,7 +60,7 @@ def train(job_id: str) -> None:
     _finish(job_id, token, outcome, **fields)
 
 
-def _retain_checkpoints(job_id: str, outcome: str) -> None:
+def _retain_checkpoints(job_id: str, outcome: JobState) -> None:
     """What a finished job keeps on disk. Running, it keeps the best and the last k checkpoints
     with their optimizer state (twice the weights). Finished: the newest checkpoint with its
     state (what a resume or a continued run needs) and, after a failure or a cancel, the best
@@ -74,7 +75,7 @@ def _retain_checkpoints(job_id: str, outcome: str) -> None:
             best = {row.step for row in rows if row.is_best}
         on_disk = [store.checkpoint_step(p) for p in store.list_checkpoints(root, resumable_only=False)]
         newest = sorted(on_disk, reverse=True)
-        if outcome == "succeeded":
+        if outcome == JobState.SUCCEEDED:
             keep_state = set(newest[:1])
             keep_weights = set(newest[:max(0, settings.keep_checkpoints_after_success)])
             if settings.keep_checkpoints_after_success < 1:
@@ -95,7 +96,7 @@ def _retain_checkpoints(job_id: str, outcome: str) -> None:
         log.warning("job %s: pruning its checkpoints failed; they stay on disk", job_id, exc_info=True)
 
 
-def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
+def _run(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
     """Build the job's TrainingTask through its task family and run the loop; returns the final state."""
     from worker.config import TrainConfig
     from worker.families import family_for
@@ -107,8 +108,8 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
         assert job is not None
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         if dataset is None:
-            return "failed", {"error": "The job's dataset was deleted before the job ran; upload the data "
-                              "again and start a new job.", "error_kind": "data"}
+            return JobState.FAILED, {"error": "The job's dataset was deleted before the job ran; upload "
+                                     "the data again and start a new job.", "error_kind": "data"}
         base_model_path = base_model_source(session, job)
         if base_model_path is None:
             raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
@@ -123,17 +124,17 @@ def _run(job_id: str, sink: SqlSink) -> tuple[str, dict[str, Any]]:
         sink.event(kind, message, data)
     result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)
     if result.cancelled:
-        return "cancelled", {}
+        return JobState.CANCELLED, {}
     checkpoint = result.best_checkpoint if hp.load_best_model_at_end and result.best_checkpoint else None
     checkpoint = checkpoint or result.last_checkpoint
     if checkpoint is None:
-        return "failed", {"error": "Training ended without a checkpoint to export (no optimizer step ran).",
-                          "error_kind": "bug"}
+        return JobState.FAILED, {"error": "Training ended without a checkpoint to export (no optimizer "
+                                 "step ran).", "error_kind": "bug"}
     model_id = _register_model(job_id, Path(checkpoint), result, labels, task, hp)
     sink.event("model_ready", f"Tuned model {model_id} is ready to serve.", {"model_id": model_id,
                "checkpoint": str(checkpoint)})
     _compare_quietly(job_id, task, model_id, sink)
-    return "succeeded", {"model_id": model_id, "progress": 1.0}
+    return JobState.SUCCEEDED, {"model_id": model_id, "progress": 1.0}
 
 
 def _compare_quietly(job_id: str, task: str, model_id: str, sink: SqlSink) -> None:
@@ -183,19 +184,17 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return _json_safe(metrics)
 
 
-def _finish(job_id: str, token: str, state: str, **fields: Any) -> None:
-    done = write_with_retry(lambda session: rows_updated(session, update(Job)
-                            .where(Job.id == job_id, Job.worker == token, Job.state == "running")
-                            .values(state=state, finished_at=utcnow(), heartbeat_at=None, **fields)),
-                            what=f"job {job_id}: final state")
+def _finish(job_id: str, token: str, state: JobState, **fields: Any) -> None:
+    done = write_with_retry(lambda session: jobstate.finish(session, job_id=job_id, token=token, state=state,
+                                                            **fields), what=f"job {job_id}: final state")
     if not done:
         log.warning("job %s: final state %s not recorded (no longer owned by this attempt)", job_id, state)
         return
-    message = {"succeeded": "The job succeeded.",
-               "cancelled": f"The job was cancelled at step {fields.get('step')}.",
-               "failed": f"The job failed: {fields.get('error')}"}[state]
+    message = {JobState.SUCCEEDED: "The job succeeded.",
+               JobState.CANCELLED: f"The job was cancelled at step {fields.get('step')}.",
+               JobState.FAILED: f"The job failed: {fields.get('error')}"}[state]
     add_event(job_id, state, message, {"step": fields.get("step"), "error_kind": fields.get("error_kind")}
-              if state != "succeeded" else {"step": fields.get("step")})
+              if state != JobState.SUCCEEDED else {"step": fields.get("step")})
 
 
 @app.task(name=COMPARE_TASK, acks_late=True)

@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
-from core.db import rows_updated
+from core.jobstate import ACTIVE_STATES
 from core.store import resolve_base_model
-from core.tables import Checkpoint, Job, JobEvent, MetricPoint, TunedModel, utcnow
-
-ACTIVE_STATES = ("queued", "running")
-RESUMABLE_STATES = ("failed", "cancelled")
+from core.tables import Checkpoint, Job, JobEvent, MetricPoint, TunedModel
 
 
 def get_job(session: Session, *, job_id: str) -> Job | None:
@@ -55,26 +52,6 @@ def add_event(session: Session, *, job_id: str, kind: str, message: str) -> None
     session.add(JobEvent(job_id=job_id, kind=kind, message=message))
 
 
-def mark_failed(session: Session, *, job_id: str, error: str, error_kind: str = "environment") -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(state="failed", error=error,
-                                                               error_kind=error_kind, finished_at=utcnow()))
-    add_event(session, job_id=job_id, kind="failed", message=error)
-
-
-def cancel_queued(session: Session, *, job_id: str) -> bool:
-    """A job no worker holds is cancelled at once; returns whether it was."""
-    done = rows_updated(session, update(Job).where(Job.id == job_id, Job.state == "queued")
-                        .values(state="cancelled", finished_at=utcnow()))
-    return bool(done)
-
-
-def request_cancel(session: Session, *, job_id: str) -> bool:
-    """A running job stops cooperatively within one optimizer step; returns whether asked."""
-    done = rows_updated(session, update(Job).where(Job.id == job_id, Job.state == "running")
-                        .values(cancel_requested=True))
-    return bool(done)
-
-
 def list_events(session: Session, *, job_id: str, since_id: int = 0) -> Sequence[JobEvent]:
     return session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > since_id)
                            .order_by(JobEvent.id)).all()
@@ -99,15 +76,6 @@ def list_checkpoints(session: Session, *, job_id: str) -> Sequence[Checkpoint]:
 def jobs_using_model(session: Session, *, model_id: str) -> Sequence[Job]:
     return session.scalars(select(Job).where(Job.base_model_id == model_id,
                                              Job.state.in_(ACTIVE_STATES))).all()
-
-
-def requeue_to_resume(session: Session, *, job_id: str) -> bool:
-    """A failed or cancelled job goes back to the queue; the worker resumes it from its last
-    checkpoint. Conditional, so two resume requests queue it once."""
-    done = rows_updated(session, update(Job).where(Job.id == job_id, Job.state.in_(RESUMABLE_STATES))
-                        .values(state="queued", error=None, error_kind=None, finished_at=None,
-                                cancel_requested=False, worker=None, heartbeat_at=None))
-    return bool(done)
 
 
 def delete_job(session: Session, *, job: Job) -> None:

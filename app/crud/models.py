@@ -8,10 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import Principal
+from core.jobstate import ACTIVE_STATES
 from core.tables import Job, TunedModel
-
-# A job in these states may still read its base model's files.
-ACTIVE_JOB_STATES = ("queued", "running")
 
 
 def get_model(*, session: Session, model_id: str) -> TunedModel | None:
@@ -33,7 +31,7 @@ def active_jobs_from_model(*, session: Session, model_id: str) -> Sequence[Job]:
     """Queued or running jobs that continue training from this model."""
     return session.scalars(
         select(Job)
-        .where(Job.base_model_id == model_id, Job.state.in_(ACTIVE_JOB_STATES))
+        .where(Job.base_model_id == model_id, Job.state.in_(ACTIVE_STATES))
         .order_by(Job.created_at)
     ).all()
 

@@ -32,12 +32,12 @@ from app.deps import Authenticated, PrincipalDep
 from app.schemas.common import MAX_INT32, JobIdPath, errors
 from app.schemas.jobs import JobEventPublic, JobPublic
 from core.db import new_session
+from core.jobstate import FINAL_STATES
 from core.tables import JobEvent, MetricPoint
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 422))
 
-TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 # How often the stream looks for new rows: the worker writes progress at most once a second.
 POLL_INTERVAL_S = 0.5
 # The worker records a job's final state and then its final event in two transactions; once the
@@ -147,9 +147,10 @@ async def stream_job_events(
         if progress != last_progress:
             last_progress = progress
             yield ServerSentEvent(event="progress", data={"id": job_id, **progress})
-        if snapshot["state"] in TERMINAL_STATES:
+        if snapshot["state"] in FINAL_STATES:
             final_since = final_since or time.monotonic()
-            if poll.last_kind in TERMINAL_STATES or time.monotonic() - final_since > FINAL_EVENT_GRACE_S:
+            # The worker's final event is named after the final state.
+            if poll.last_kind in FINAL_STATES or time.monotonic() - final_since > FINAL_EVENT_GRACE_S:
                 yield ServerSentEvent(event="end", data=snapshot)
                 return
         await asyncio.sleep(POLL_INTERVAL_S)

@@ -20,7 +20,9 @@ from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, Sett
 from app.routes.jobs import remove_job, resolve_base_model
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
+from core import jobstate
 from core.jobspec import Hyperparameters
+from core.jobstate import ACTIVE_STATES
 from core.queue import TRAIN_TASK, enqueue
 from core.tables import Dataset, Experiment, Job
 from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
@@ -134,9 +136,11 @@ def _enqueue_all(session: Session, experiment: Experiment, jobs: list[Job]) -> N
             enqueue(TRAIN_TASK, job.id)
         except Exception as exc:
             log.exception("could not enqueue job %s of experiment %s", job.id, experiment.id)
+            error = (f"The job could not be queued: the broker did not answer ({type(exc).__name__}). "
+                     "Check GET /readyz.")
             for lost in jobs[i:]:
-                jobs_crud.mark_failed(session, job_id=lost.id, error="The job could not be queued: the "
-                                      f"broker did not answer ({type(exc).__name__}). Check GET /readyz.")
+                if jobstate.fail_queued(session, job_id=lost.id, error=error, error_kind="environment"):
+                    jobs_crud.add_event(session, job_id=lost.id, kind="failed", message=error)
             session.commit()
             raise HTTPException(503, f"The broker did not answer, so {len(jobs) - i} of the experiment's "
                                      f"jobs could not be queued; they are marked failed (experiment "
@@ -164,7 +168,7 @@ def _public(session: Session, experiment: Experiment, *, detailed: bool,
         rows, baselines = board.leaderboard(
             experiment, jobs, crud.metric_points_of(session, job_ids=ids),
             crud.training_events_of(session, job_ids=ids), greater)
-        final = state not in board.ACTIVE_STATES
+        final = state not in ACTIVE_STATES
         out.update(leaderboard=rows, baselines=baselines,
                    recommendation=board.recommend(rows, metric, greater, final))
     return ExperimentPublic.model_validate(out)
@@ -200,11 +204,11 @@ def cancel_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
     jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
     touched = 0
     for job in jobs:
-        if jobs_crud.cancel_queued(session, job_id=job.id):
+        if jobstate.cancel_queued(session, job_id=job.id):
             jobs_crud.add_event(session, job_id=job.id, kind="cancelled",
                                 message=f"Cancelled before it started (experiment {experiment.id}).")
             touched += 1
-        elif jobs_crud.request_cancel(session, job_id=job.id):
+        elif jobstate.request_cancel(session, job_id=job.id):
             jobs_crud.add_event(session, job_id=job.id, kind="cancel_requested",
                                 message=f"Cancel requested with experiment {experiment.id}; the worker stops "
                                         "after the current optimizer step.")
@@ -228,7 +232,7 @@ async def delete_experiment(
     """Delete a stopped experiment and its jobs, each as DELETE /jobs/{id} deletes it (rows and
     files). 409 while a job is queued or running. Tuned models stay unless `delete_models=true`."""
     experiment, jobs = await run_in_threadpool(_experiment_and_jobs, session, principal, experiment_id)
-    active = [f"{job.id} ({job.state})" for job in jobs if job.state in board.ACTIVE_STATES]
+    active = [f"{job.id} ({job.state})" for job in jobs if job.state in ACTIVE_STATES]
     if active:
         raise HTTPException(409, f"Experiment {experiment_id} still has jobs queued or running: "
                                  f"{', '.join(active)}. Cancel it first (POST /experiments/{experiment_id}/"

@@ -24,7 +24,8 @@ from app.schemas.jobs import (
     JobPublic,
     JobsPublic,
 )
-from core import store
+from core import jobstate, store
+from core.jobstate import ACTIVE_STATES, RESUMABLE_STATES, JobState
 from core.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from core.settings import Settings
 from core.tables import Dataset, Job, TunedModel
@@ -177,8 +178,10 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
         enqueue(TRAIN_TASK, job.id)
     except Exception as exc:
         log.exception("could not enqueue job %s", job.id)
-        crud.mark_failed(session, job_id=job.id, error=f"The job could not be queued: the broker did not "
-                         f"answer ({type(exc).__name__}). Check GET /readyz and start the job again.")
+        error = (f"The job could not be queued: the broker did not answer ({type(exc).__name__}). "
+                 "Check GET /readyz and start the job again.")
+        if jobstate.fail_queued(session, job_id=job.id, error=error, error_kind="environment"):
+            crud.add_event(session, job_id=job.id, kind="failed", message=error)
         session.commit()
         raise HTTPException(503, f"The broker did not answer, so job {job.id} could not be queued; it is "
                                  "marked failed. Check GET /readyz, then start the job again.") from exc
@@ -191,7 +194,7 @@ def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    state: JobState | None = None,
     dataset_id: IdQuery = None,
     experiment_id: IdQuery = None,
     limit: Limit = 100,
@@ -225,9 +228,9 @@ def cancel_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
                principal: PrincipalDep) -> JobPublic:
     """Cancel a job: at once when queued, at the next optimizer step when running."""
     job = _get_job_or_404(session, principal, job_id)
-    if crud.cancel_queued(session, job_id=job_id):
+    if jobstate.cancel_queued(session, job_id=job_id):
         crud.add_event(session, job_id=job_id, kind="cancelled", message="Cancelled before it started.")
-    elif crud.request_cancel(session, job_id=job_id):
+    elif jobstate.request_cancel(session, job_id=job_id):
         crud.add_event(session, job_id=job_id, kind="cancel_requested",
                        message="Cancel requested; the worker stops after the current optimizer step.")
     else:
@@ -244,17 +247,17 @@ def resume_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
     """Queue a failed or cancelled job again: it continues from its last good checkpoint with the
     same effective batch and data order (from the start if it never saved one)."""
     job = _get_job_or_404(session, principal, job_id)
-    if job.state not in crud.RESUMABLE_STATES:
+    if job.state not in RESUMABLE_STATES:
         raise HTTPException(409, f"Job {job_id} is {job.state}; only a failed or cancelled job can be "
                                  "resumed." + (" Start a new job (POST /jobs) to train again."
-                                               if job.state == "succeeded" else ""))
+                                               if job.state == JobState.SUCCEEDED else ""))
     if job.dataset_id is None or session.get(Dataset, job.dataset_id) is None:
         raise HTTPException(409, f"Job {job_id}'s dataset was deleted, so it cannot continue; upload the "
                                  "data again and start a new job.")
     if job.base_model_id and session.get(TunedModel, job.base_model_id) is None:
         raise HTTPException(409, f"Job {job_id}'s base model {job.base_model_id} was deleted, so it "
                                  "cannot continue; start a new job from another model.")
-    if not crud.requeue_to_resume(session, job_id=job_id):
+    if not jobstate.requeue_to_resume(session, job_id=job_id):
         session.rollback()
         raise HTTPException(409, f"Job {job_id} changed state meanwhile; GET /jobs/{job_id} shows it.")
     where = store.latest_resumable_checkpoint(store.checkpoints_dir(settings.models_dir, job_id))
@@ -266,8 +269,10 @@ def resume_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
         enqueue(TRAIN_TASK, job_id)
     except Exception as exc:
         log.exception("could not enqueue job %s", job_id)
-        crud.mark_failed(session, job_id=job_id, error="The job could not be queued: the broker did not "
-                         "answer. Check GET /readyz, then POST /jobs/{id}/resume again.")
+        error = ("The job could not be queued: the broker did not answer. Check GET /readyz, then "
+                 "POST /jobs/{id}/resume again.")
+        if jobstate.fail_queued(session, job_id=job_id, error=error, error_kind="environment"):
+            crud.add_event(session, job_id=job_id, kind="failed", message=error)
         session.commit()
         raise HTTPException(503, f"The broker did not answer, so job {job_id} could not be queued; it is "
                                  "marked failed again. Check GET /readyz, then resume it again.") from exc
@@ -284,7 +289,7 @@ async def delete_job(
     """Delete a finished job: its rows (events, metrics, checkpoints) and files. 409 while it is
     queued or running. Its tuned model stays registered unless `delete_model=true`."""
     job = await run_in_threadpool(_get_job_or_404, session, principal, job_id)
-    if job.state in crud.ACTIVE_STATES:
+    if job.state in ACTIVE_STATES:
         raise HTTPException(409, f"Job {job_id} is {job.state}; cancel it first (POST /jobs/{job_id}/cancel) "
                                  "and delete it once it has stopped.")
     await remove_job(session, settings, predictor, request, job, delete_model=delete_model)
@@ -358,7 +363,7 @@ def compare_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
                 principal: PrincipalDep) -> JobPublic:
     """Recompute the comparison of a succeeded job with its baselines (the result lands in /metrics)."""
     job = _get_job_or_404(session, principal, job_id)
-    if job.state != "succeeded" or not job.model_id:
+    if job.state != JobState.SUCCEEDED or not job.model_id:
         raise HTTPException(409, f"Job {job_id} is {job.state}; only a succeeded job has a tuned model "
                                  "to compare with the baselines.")
     if job.dataset_id is None or session.get(TunedModel, job.model_id) is None:

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.schemas.common import CleanStr, Id, id_path
-from app.schemas.jobs import JobState
 from core.jobspec import Hyperparameters
+from core.jobstate import JobState
 
 ExperimentState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ExperimentIdPath = Annotated[str, id_path("experiment")]

@@ -9,11 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import CleanStr, Id
 from core.jobspec import Hyperparameters
+from core.jobstate import JobState
 
 __all__ = ["Hyperparameters", "JobCreate", "JobPublic", "JobsPublic", "JobEventPublic", "CheckpointPublic"]
-
-
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class JobCreate(BaseModel):
