@@ -1,7 +1,7 @@
 """The chat TrainingTask: supervised fine-tuning of a causal language model for worker/loop.py.
 
-Reads a chat dataset directory (train.parquet, validation.parquet: columns `row`, `messages` as
-list<struct<role, content>>), renders every conversation through the tokenizer's chat template
+Reads a stored chat dataset (core/dataset.py: the train and validation splits' `row` and
+`messages`), renders every conversation through the tokenizer's chat template
 (DEFAULT_CHAT_TEMPLATE when it has none), and trains on the assistant's tokens only: every other
 token's label is -100. The loss is (sum over target tokens, target tokens), so the loop's
 accumulation gives the same gradient whatever the micro-batch. LoRA through peft by default,
@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from core.dataset import CONTENT, MESSAGES, ROLE, ROW, TRAIN, VALIDATION, split_path
 from core.settings import get_settings
 from core.store import load_options, resolve_base_model, write_model_meta
 from worker.config import TrainConfig
@@ -229,10 +230,10 @@ def tokenize_conversations(tokenizer: Any, conversations: list[list[dict[str, st
 
 
 def load_conversations(path: Path) -> tuple[list[list[dict[str, str]]], list[int]]:
-    table = pq.read_table(path, columns=["row", "messages"]).to_pydict()
-    conversations = [[{"role": str(m["role"]), "content": str(m["content"])} for m in messages or []]
-                     for messages in table["messages"]]
-    return conversations, [int(r) for r in table["row"]]
+    table = pq.read_table(path, columns=[ROW, MESSAGES]).to_pydict()
+    conversations = [[{"role": str(m[ROLE]), "content": str(m[CONTENT])} for m in messages or []]
+                     for messages in table[MESSAGES]]
+    return conversations, [int(r) for r in table[ROW]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,10 +287,10 @@ def build_chat_task(dataset_dir: Path, base_model: str, config: TrainConfig) -> 
     if lora:
         model = apply_lora(model, config)
 
-    train, train_rows = load_conversations(dataset_dir / "train.parquet")
+    train, train_rows = load_conversations(split_path(dataset_dir, TRAIN))
     train_examples, cut, dropped = tokenize_conversations(tokenizer, train, train_rows, max_len,
                                                           config.system_prompt)
-    eval_path = dataset_dir / "validation.parquet"
+    eval_path = split_path(dataset_dir, VALIDATION)
     eval_examples: list[Example] = []
     if eval_path.is_file():
         conversations, rows = load_conversations(eval_path)

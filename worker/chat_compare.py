@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from core import store
+from core.dataset import CONTENT, HELD_OUT_SPLITS, MESSAGES, ROLE, ROW, split_path
 from core.db import session_scope
 from core.serving.generation import ChatModels, ChatRuntime, read_spec
 from core.settings import get_settings
@@ -40,14 +41,14 @@ def bleu_tokenization(references: list[str]) -> str:
 
 def held_out(dataset_dir: Path, limit: int) -> tuple[str, list[tuple[int, list[dict[str, str]], str]]]:
     """(split name, [(row, prompt messages, reference)]): validation, else test."""
-    for split in ("validation", "test"):
-        path = dataset_dir / f"{split}.parquet"
+    for split in HELD_OUT_SPLITS:
+        path = split_path(dataset_dir, split)
         if not path.is_file():
             continue
-        table = pq.read_table(path, columns=["row", "messages"]).slice(0, limit).to_pydict()
+        table = pq.read_table(path, columns=[ROW, MESSAGES]).slice(0, limit).to_pydict()
         out = []
-        for row, messages in zip(table["row"], table["messages"], strict=True):
-            turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        for row, messages in zip(table[ROW], table[MESSAGES], strict=True):
+            turns = [{"role": str(m[ROLE]), "content": str(m[CONTENT])} for m in messages]
             last = max(i for i, m in enumerate(turns) if m["role"] == "assistant")
             out.append((int(row), turns[:last], turns[last]["content"]))
         return split, out

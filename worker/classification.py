@@ -1,7 +1,7 @@
 """The text-classification TrainingTask (single-label and multi-label) for worker/loop.py.
 
-Reads a dataset directory (train.parquet, validation.parquet: columns `row`, `text`, `label` —
-an index into the label list, or a list of positive indices for multi-label), tokenizes without
+Reads a stored dataset (core/dataset.py: the train and validation splits' `row`, `text`, `label`
+— an index into the label list, or a list of positive indices for multi-label), tokenizes without
 padding, and supplies the loop with the model, collation, the loss as (sum over samples, samples)
 and scikit-learn metrics. Any AutoModelForSequenceClassification architecture.
 """
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from core.dataset import LABEL, ROW, TEXT, TRAIN, VALIDATION, split_path
 from core.serving.decode import DEFAULT_THRESHOLD
 from core.settings import get_settings
 from core.store import load_options, resolve_base_model, tokenizer_options, write_model_meta
@@ -126,16 +127,16 @@ class ClassificationTask:
 # --------------------------------------------------------------------------------------------
 
 def _load_split(path: Path, num_labels: int, multi_label: bool) -> tuple[list[str], list[Any], list[int]]:
-    table = pq.read_table(path, columns=["row", "text", "label"]).to_pydict()
-    texts = ["" if t is None else str(t) for t in table["text"]]
+    table = pq.read_table(path, columns=[ROW, TEXT, LABEL]).to_pydict()
+    texts = ["" if t is None else str(t) for t in table[TEXT]]
     labels: list[Any] = []
-    for row, label in zip(table["row"], table["label"], strict=True):
+    for row, label in zip(table[ROW], table[LABEL], strict=True):
         indices = list(label or []) if multi_label else [label]
         if any(i is None or not 0 <= int(i) < num_labels for i in indices):
             raise TrainingError(f"{path.name}: row {row} has label {label!r}, outside the "
                                 f"{num_labels} labels of the dataset")
         labels.append([int(i) for i in indices] if multi_label else int(label))
-    return texts, labels, [int(r) for r in table["row"]]
+    return texts, labels, [int(r) for r in table[ROW]]
 
 
 def _tokenize(tokenizer: Any, texts: list[str], labels: list[Any], rows: list[int],
@@ -239,9 +240,9 @@ def build_classification_task(dataset_dir: Path, labels: list[str], multi_label:
     max_positions = getattr(model.config, "max_position_embeddings", None)
     max_seq_length = min(config.max_seq_length, max_positions) if max_positions else config.max_seq_length
 
-    train_path = dataset_dir / "train.parquet"
+    train_path = split_path(dataset_dir, TRAIN)
     train_texts, train_labels, train_rows = _load_split(train_path, len(labels), multi_label)
-    eval_path = dataset_dir / "validation.parquet"
+    eval_path = split_path(dataset_dir, VALIDATION)
     eval_texts, eval_labels, eval_rows = (
         _load_split(eval_path, len(labels), multi_label) if eval_path.is_file() else ([], [], []))
     task = ClassificationTask(

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from sqlalchemy import delete
 
+from core.dataset import LABEL, SPLITS, TEXT, TRAIN, split_path
 from core.db import session_scope
 from core.serving.decode import DEFAULT_THRESHOLD
 from core.serving.runtime import LoadedModel
@@ -38,7 +39,6 @@ log = logging.getLogger("tuneserve.worker.compare")
 
 BATCH_SIZE = 32
 EXAMPLES_SHOWN = 8
-SPLITS = ("validation", "test")
 NOTE = ("The baselines fit on the train split and are scored on the same rows as the tuned model. "
         "`majority` predicts the label prior; `tfidf` is a linear model over character n-grams. "
         "A fine-tune that does not beat `tfidf` bought nothing a linear model would not give.")
@@ -63,9 +63,9 @@ def compare_job(job_id: str, model_id: str | None = None) -> dict[str, Any]:
         primary = job.best_metric_name if job.best_metric_name not in (None, "loss") else "f1_macro"
 
     multi = task == "multi_label"
-    rows = {split: _read_split(dataset_dir / f"{split}.parquet", len(labels), multi)
-            for split in ("train", *SPLITS) if (dataset_dir / f"{split}.parquet").is_file()}
-    train_texts, train_truth = rows.pop("train")
+    rows = {split: _read_split(split_path(dataset_dir, split), len(labels), multi)
+            for split in SPLITS if split_path(dataset_dir, split).is_file()}
+    train_texts, train_truth = rows.pop(TRAIN)
     baselines = fit_baselines(train_texts, train_truth, {s: texts for s, (texts, _) in rows.items()},
                               len(labels), multi)
     model = LoadedModel(tuned_path, task=task, num_labels=len(labels), max_seq_length=max_len)
@@ -133,9 +133,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _read_split(path: Path, num_labels: int, multi: bool) -> tuple[list[str], np.ndarray]:
-    table = pq.read_table(path, columns=["text", "label"]).to_pydict()
-    texts = ["" if t is None else str(t) for t in table["text"]]
-    return texts, targets_matrix(table["label"], num_labels, multi)
+    table = pq.read_table(path, columns=[TEXT, LABEL]).to_pydict()
+    texts = ["" if t is None else str(t) for t in table[TEXT]]
+    return texts, targets_matrix(table[LABEL], num_labels, multi)
 
 
 def _scores(model: LoadedModel, texts: list[str]) -> np.ndarray:
