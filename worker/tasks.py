@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from app.crud.jobs import base_model_source
 from core import jobstate, store
 from core.db import session_scope, write_with_retry
 from core.jobspec import Hyperparameters
@@ -58,6 +58,16 @@ def train(job_id: str) -> None:
         fields = {**sink.last_progress(), **fields}
         _retain_checkpoints(job_id, outcome)
     _finish(job_id, token, outcome, **fields)
+
+
+def _base_model_source(session: Session, job: Job) -> str | None:
+    """What from_pretrained loads for the job's base model: a tuned model's directory, the
+    bundled model's path, or the hub name / local path as given. None when the tuned model
+    it names was deleted."""
+    if job.base_model_id:
+        tuned = session.get(TunedModel, job.base_model_id)
+        return str(tuned.path) if tuned is not None else None
+    return store.resolve_base_model(job.base_model)
 
 
 def _retain_checkpoints(job_id: str, outcome: JobState) -> None:
@@ -110,7 +120,7 @@ def _run(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
         if dataset is None:
             return JobState.FAILED, {"error": "The job's dataset was deleted before the job ran; upload "
                                      "the data again and start a new job.", "error_kind": "data"}
-        base_model_path = base_model_source(session, job)
+        base_model_path = _base_model_source(session, job)
         if base_model_path is None:
             raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
                                 "start the job again from another model.")

@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from core.jobstate import ACTIVE_STATES
-from core.store import resolve_base_model
-from core.tables import Checkpoint, Job, JobEvent, MetricPoint, TunedModel
+from core.tables import Checkpoint, Job, JobEvent, MetricPoint
 
 
 def get_job(session: Session, *, job_id: str) -> Job | None:
@@ -88,13 +87,3 @@ def active_job_ids_using(session: Session, *, dataset_id: str) -> list[str]:
     return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id,
                                                      Job.state.in_(ACTIVE_STATES))
                                 .order_by(Job.created_at)))
-
-
-def base_model_source(session: Session, job: Job) -> str | None:
-    """What from_pretrained loads for the job's base model: a tuned model's directory, the
-    bundled model's path, or the hub name / local path as given. None when the tuned model
-    it names was deleted."""
-    if job.base_model_id:
-        tuned = session.get(TunedModel, job.base_model_id)
-        return str(tuned.path) if tuned is not None else None
-    return resolve_base_model(job.base_model)
