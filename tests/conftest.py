@@ -41,7 +41,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        # The application_name lets a fault test find (and kill) this test's connections alone.
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}&application_name=tuneserve-test-{schema}"
     finally:
         from core.db import get_engine
 

@@ -43,28 +43,6 @@ JOB = {"epochs": 3, "batch_size": 16, "learning_rate": 5e-4, "max_seq_length": 3
 SLOW = {"fault_step_delay_s": 0.3, "job_lease_s": 3, "heartbeat_interval_s": 0.5}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """As tests/conftest.py's, and every PostgreSQL connection carries an application_name of
-    its own, by which this test (and only this test) finds its connections to kill."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tuneserve.sqlite'}"
-        return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}&application_name=tuneserve-fault-{schema}"
-    finally:
-        from core.db import get_engine
-
-        get_engine.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
