@@ -69,7 +69,7 @@ def test_chat_lora_job_end_to_end(stack: Any, tmp_path: Path, tiny_chat_lm_dir: 
 
     metrics = client.get(f"/jobs/{job_id}/metrics").json()
     train_steps = [p["step"] for p in metrics["train"]]
-    assert sorted(set(train_steps)) == list(range(1, 9)) and train_steps.count(1) == 1
+    assert train_steps == list(range(1, 9))  # each step once: the resumed attempt replaced its points
     assert all({"loss", "learning_rate"} <= set(p) for p in metrics["train"])
     assert [p["step"] for p in metrics["eval"]] == [2, 4, 6, 8]
     for point in metrics["eval"]:
