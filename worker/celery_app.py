@@ -66,6 +66,18 @@ def _start_health_beat(**_: object) -> None:
                      daemon=True).start()
 
 
+@worker_ready.connect
+def _install_stop_handlers(**_: object) -> None:
+    """A stop signal keeps the running job's work (worker/job/stop.py): installed once Celery's own
+    handlers are, from the main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("worker_ready outside the main thread: Celery's own stop handlers stay")
+        return
+    from worker.job.stop import install_handlers
+
+    install_handlers()
+
+
 @worker_shutting_down.connect
 def _stop_health_beat(**_: object) -> None:
     _health_stop.set()

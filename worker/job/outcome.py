@@ -104,7 +104,8 @@ def final_message(state: JobState, fields: dict[str, Any]) -> tuple[str, dict[st
     if state == JobState.SUCCEEDED:
         return "The job succeeded.", {"step": step}
     if state == JobState.CANCELLED:
-        return f"The job was cancelled at step {step}.", {"step": step}
+        when = f"at step {step}" if step else "before its first optimizer step"
+        return f"The job was cancelled {when}.", {"step": step}
     return f"The job failed: {fields.get('error')}", {"step": step, "error_kind": fields.get("error_kind")}
 
 

@@ -146,8 +146,9 @@ def _tokenize(tokenizer: Any, texts: list[str], labels: list[Any], rows: list[in
 
 
 def _loss_weight(labels: list[Any], num_labels: int, multi_label: bool) -> torch.Tensor:
-    """Inverse frequency: scikit-learn's balanced n / (k * count) per class; for multi-label pos_weight = negatives /
-    positives per label (capped). Classes absent from train get 1 (they never occur anyway)."""
+    """Inverse frequency: scikit-learn's balanced n / (k * count) per class (k: the classes in
+    train; an absent class gets 1, it never occurs anyway); for multi-label, pos_weight =
+    negatives / positives per label (capped)."""
     n = len(labels)
     if multi_label:
         positives = np.zeros(num_labels)
