@@ -52,6 +52,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         admin.dispose()
 
 
+def kill_own_connections(database_url: str) -> int:
+    """pg_terminate_backend for the connections of one test's database_url only (found by the
+    application_name the fixture gives them); waits for each to end. Returns how many."""
+    name = database_url.split("application_name=")[1]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return len(conn.execute(text(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": name}).all())
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'tuneserve.sqlite'}"
