@@ -7,7 +7,6 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -15,7 +14,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from core.queue import COMPARE_TASK, TRAIN_TASK, TRAINING_QUEUE, broker_reachable, enqueue
-from tests.conftest import REDIS_URL, configure
+from tests.conftest import REDIS_URL, configure, read_training_queue
 
 
 @pytest.fixture(params=["redis", "sqlite"])
@@ -44,34 +43,19 @@ def _waiting(url: str) -> int:
             "WHERE q.name = ? AND m.visible", (TRAINING_QUEUE,)).fetchone()[0])
 
 
-def _read_all(url: str, timeout_s: float = 5.0) -> list[tuple[dict[str, Any], Any]]:
-    """(headers, body) of every message on the training queue, each acknowledged."""
-    found: list[tuple[dict[str, Any], Any]] = []
-    with Connection(url) as conn, conn.SimpleQueue(TRAINING_QUEUE) as queue:
-        wait_s = timeout_s  # the first message may take a poll interval to show; the rest are there
-        while True:
-            try:
-                message = queue.get(block=True, timeout=wait_s)
-            except queue.Empty:
-                return found
-            found.append((dict(message.headers), message.decode()))
-            message.ack()
-            wait_s = 0.5
-
-
 def test_enqueue_lands_one_message_per_job_on_the_training_queue(broker_url: str) -> None:
     enqueue(TRAIN_TASK, "job_a")
     enqueue(COMPARE_TASK, "job_b")
     assert _waiting(broker_url) == 2  # stored by the broker before any consumer exists
 
-    messages = _read_all(broker_url)
+    messages = read_training_queue(broker_url)
     # Celery's message protocol 2: the task name in the headers, the body (args, kwargs, embed).
     assert [(h["task"], body[0], body[1]) for h, body in messages] == [
         (TRAIN_TASK, ["job_a"], {}), (COMPARE_TASK, ["job_b"], {})]
     # Each send is a task of its own, and nothing is left to be delivered twice.
     assert len({h["id"] for h, _ in messages}) == 2
     assert _waiting(broker_url) == 0
-    assert _read_all(broker_url, timeout_s=0.5) == []
+    assert read_training_queue(broker_url, timeout_s=0.5) == []
 
 
 def test_only_the_job_id_travels_as_json(broker_url: str) -> None:
