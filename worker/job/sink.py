@@ -63,7 +63,9 @@ class SqlSink:
         self.min_progress_interval_s = min_progress_interval_s
         self.cancel_check_interval_s = cancel_check_interval_s
         self._last_cancel_check = -math.inf
-        self._last_progress_write = 0.0
+        # -inf, not 0: time.monotonic() counts from boot, so 0 would hold back the first write
+        # on a machine up for less than min_progress_interval_s.
+        self._last_progress_write = -math.inf
         # Metric points are also written as TensorBoard scalars when a directory is given.
         self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir is not None else None
         self._last_values: dict[str, Any] = {}
