@@ -15,8 +15,8 @@ from sqlalchemy import select
 from core.db import session_scope
 from core.jobstate import JobState
 from core.tables import Checkpoint, Job, JobEvent, MetricPoint
-from worker.recovery import LeaseKeeper
-from worker.sink import SqlSink
+from worker.job.claim import LeaseKeeper
+from worker.job.sink import SqlSink
 
 
 def _running_job(**fields: Any) -> str:

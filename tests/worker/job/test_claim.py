@@ -21,7 +21,7 @@ from core.queue import TRAIN_TASK
 from core.settings import get_settings
 from core.tables import Job, JobEvent, utcnow
 from tests.conftest import REDIS_URL, read_training_queue
-from worker.recovery import (
+from worker.job.claim import (
     LeaseKeeper,
     claim_job,
     heartbeat,
