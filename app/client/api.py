@@ -80,8 +80,8 @@ class Api:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs).json()
 
-    def delete(self, path: str) -> None:
-        self.request("DELETE", path)
+    def delete(self, path: str, params: dict[str, Any] | None = None) -> None:
+        self.request("DELETE", path, params=params)
 
     def download(self, path: str, destination: Any, params: dict[str, Any] | None = None) -> int:
         """Stream a file to `destination` (an open binary file); returns the bytes written."""

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from app.client import output as out
 from app.client.api import DEFAULT_URL, Api, ApiError
 from app.client.seed_config import SeedConfigError
 
@@ -59,12 +60,27 @@ def calls(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def print_or_json(body: Any, json_: bool, render: Callable[[Any], Any]) -> None:
     """The server's body as JSON with --json, else what `render` makes of it."""
-    from app.client import output as out
-
     if json_:
         out.print_json(console, body)
     else:
         console.print(render(body))
+
+
+def print_page(body: dict[str, Any], json_: bool, noun: str, columns: list[str],
+               row: Callable[[dict[str, Any]], list[Any]]) -> None:
+    """A list route's page ({data, count}): one table row per item, or the JSON."""
+    print_or_json(body, json_, lambda page: out.table(f"{page['count']} {noun}", columns,
+                                                      (row(item) for item in page["data"])))
+
+
+def add_list_command(app: typer.Typer, path: str, noun: str, columns: list[str],
+                     row: Callable[[dict[str, Any]], list[Any]]) -> None:
+    """`<resource> list`: GET `path` (newest first), a table of `columns` made by `row`."""
+
+    @app.command("list", help=f"{noun.capitalize()}, newest first.")
+    @calls
+    def list_items(ctx: typer.Context, json_: JsonOpt = False) -> None:
+        print_page(api_of(ctx).get(path), json_, noun, columns, row)
 
 
 @contextmanager

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Group
 
 from app.client import output as out
 from app.client.api import Api
-from app.client.commands.common import JsonOpt, api_of, calls, console, err, print_or_json
+from app.client.commands.common import JsonOpt, add_list_command, api_of, calls, console, err, print_or_json
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
 
@@ -37,15 +38,35 @@ def upload_for_training(api: Api, train: Path, validation: Path | None) -> str:
     return str(ds["id"])
 
 
-def _summary(ds: dict[str, Any]) -> None:
-    console.print(out.fields(f"dataset {ds['id']}", [
+def _summary(ds: dict[str, Any]) -> Group:
+    return Group(out.fields(f"dataset {ds['id']}", [
         ("name", ds["name"]), ("task", ds["task"]), ("format", f"{ds['format']} ({ds['encoding']})"),
         ("text column", ds.get("text_column")), ("label columns", ds.get("label_columns")),
         ("labels", ds.get("labels")), ("rows", ds.get("num_rows")),
         ("rejected rows", len(ds.get("rejected_rows") or [])),
-    ]))
-    for warning in ds.get("warnings") or []:
-        console.print(f"[yellow]warning:[/] {warning}")
+    ]), *(f"[yellow]warning:[/] {warning}" for warning in ds.get("warnings") or []))
+
+
+def _details(ds: dict[str, Any]) -> Group:
+    """The summary, the label distribution, rejected rows, the validation report, a preview."""
+    parts: list[Any] = [_summary(ds)]
+    distribution = ds.get("label_distribution") or {}
+    if distribution:
+        labels = sorted({label for split in distribution.values() for label in split})
+        parts.append(out.table("label distribution", ["split", *labels], (
+            [split, *(counts.get(label, 0) for label in labels)] for split, counts in distribution.items())))
+    rejected = ds.get("rejected_rows") or []
+    if rejected:
+        parts.append(out.table(f"rejected rows ({len(rejected)}; first 10)", ["row", "reason"],
+                               ([r["row"], r["reason"]] for r in rejected[:10])))
+    report = ds.get("report") or {}
+    if report:
+        parts.append(out.fields("validation report", report.items()))
+    preview = ds.get("preview") or []
+    if preview:
+        columns = list(preview[0])
+        parts.append(out.table("preview", columns, ([row.get(c) for c in columns] for row in preview)))
+    return Group(*parts)
 
 
 @datasets_app.command("upload")
@@ -67,43 +88,19 @@ def upload_dataset(
     ds = upload(api_of(ctx), file, validation, test, {
         "name": name, "task": task, "text_column": text_column, "label_column": label_column,
         "validation_split": validation_split, "seed": seed})
-    out.print_json(console, ds) if json_ else _summary(ds)
+    print_or_json(ds, json_, _summary)
 
 
-@datasets_app.command("list")
-@calls
-def list_datasets(ctx: typer.Context, json_: JsonOpt = False) -> None:
-    """Datasets, newest first."""
-    print_or_json(api_of(ctx).get("/datasets"), json_, lambda body: out.table(
-        f"{body['count']} datasets", ["id", "name", "task", "rows", "labels", "created"],
-        ([d["id"], d["name"], d["task"], d["num_rows"], d["labels"], out.when(d["created_at"])]
-         for d in body["data"])))
+add_list_command(datasets_app, "/datasets", "datasets", ["id", "name", "task", "rows", "labels", "created"],
+                 lambda d: [d["id"], d["name"], d["task"], d["num_rows"], d["labels"],
+                            out.when(d["created_at"])])
 
 
 @datasets_app.command("show")
 @calls
 def show_dataset(ctx: typer.Context, dataset_id: str, json_: JsonOpt = False) -> None:
     """One dataset: what was understood, the validation report and a preview."""
-    ds = api_of(ctx).get(f"/datasets/{dataset_id}")
-    if json_:
-        return out.print_json(console, ds)
-    _summary(ds)
-    distribution = ds.get("label_distribution") or {}
-    if distribution:
-        labels = sorted({label for split in distribution.values() for label in split})
-        console.print(out.table("label distribution", ["split", *labels], (
-            [split, *(counts.get(label, 0) for label in labels)] for split, counts in distribution.items())))
-    rejected = ds.get("rejected_rows") or []
-    if rejected:
-        console.print(out.table(f"rejected rows ({len(rejected)}; first 10)", ["row", "reason"],
-                                ([r["row"], r["reason"]] for r in rejected[:10])))
-    report = ds.get("report") or {}
-    if report:
-        console.print(out.fields("validation report", report.items()))
-    preview = ds.get("preview") or []
-    if preview:
-        columns = list(preview[0])
-        console.print(out.table("preview", columns, ([row.get(c) for c in columns] for row in preview)))
+    print_or_json(api_of(ctx).get(f"/datasets/{dataset_id}"), json_, _details)
 
 
 @datasets_app.command("delete")

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Group
 
 from app.client import output as out
 from app.client.api import Api
 from app.client.commands.common import (
     JsonOpt,
+    add_list_command,
     api_of,
     calls,
     console,
@@ -49,17 +51,20 @@ def _jobs_table(exp: dict[str, Any]) -> Any:
                        j["model_id"]] for j in exp["jobs"]))
 
 
-def _print_result(exp: dict[str, Any]) -> None:
+def _result(exp: dict[str, Any]) -> Group:
+    """The leaderboard beside the baselines and the recommended model."""
     metric = exp["primary_metric"]
+    parts: list[Any] = []
     board = exp.get("leaderboard") or []
     if board:
-        console.print(out.table(f"leaderboard by validation {metric}", ["rank", "kind", "name", metric,
-                                                                          "test", "train s", "model"], (
+        parts.append(out.table(f"leaderboard by validation {metric}", ["rank", "kind", "name", metric,
+                                                                         "test", "train s", "model"], (
             [r["rank"], r["kind"], r["name"], (r.get("validation") or {}).get(metric),
              (r.get("test") or {}).get(metric), r.get("training_time_s"), r.get("model_id")] for r in board)))
     rec = exp.get("recommendation")
     if rec:
-        console.print(f"[bold]recommended:[/] {rec['message']}")
+        parts.append(f"[bold]recommended:[/] {rec['message']}")
+    return Group(*parts)
 
 
 @experiments_app.command("create")
@@ -105,33 +110,23 @@ def _watch(api: Api, experiment_id: str, json_: bool) -> None:
                 time.sleep(EXPERIMENT_POLL_S)
                 exp = api.get(f"/experiments/{experiment_id}")
                 live.update(_jobs_table(exp))
-    if json_:
-        out.print_json(console, exp)
-    else:
-        _print_result(exp)
+    print_or_json(exp, json_, _result)
     if exp["state"] != "succeeded":
         fail(f"experiment {experiment_id} {exp['state']}")
 
 
-@experiments_app.command("list")
-@calls
-def list_experiments(ctx: typer.Context, json_: JsonOpt = False) -> None:
-    """Experiments, newest first."""
-    print_or_json(api_of(ctx).get("/experiments"), json_, lambda body: out.table(
-        f"{body['count']} experiments", ["id", "name", "state", "progress", "models", "created"],
-        ([e["id"], e["name"], e["state"], f"{e['progress']:.0%}", e["base_models"], out.when(e["created_at"])]
-         for e in body["data"])))
+add_list_command(experiments_app, "/experiments", "experiments",
+                 ["id", "name", "state", "progress", "models", "created"],
+                 lambda e: [e["id"], e["name"], e["state"], f"{e['progress']:.0%}", e["base_models"],
+                            out.when(e["created_at"])])
 
 
 @experiments_app.command("show")
 @calls
 def show_experiment(ctx: typer.Context, experiment_id: str, json_: JsonOpt = False) -> None:
     """One experiment: its jobs, the leaderboard beside the baselines, the recommended model."""
-    exp = api_of(ctx).get(f"/experiments/{experiment_id}")
-    if json_:
-        return out.print_json(console, exp)
-    console.print(_jobs_table(exp))
-    _print_result(exp)
+    print_or_json(api_of(ctx).get(f"/experiments/{experiment_id}"), json_,
+                  lambda exp: Group(_jobs_table(exp), _result(exp)))
 
 
 @experiments_app.command("watch")
@@ -155,6 +150,6 @@ def delete_experiment(
     delete_models: Annotated[bool, typer.Option(help="also delete the tuned models of its jobs")] = False,
 ) -> None:
     """Delete a finished experiment and its jobs (their models stay unless asked)."""
-    api_of(ctx).request("DELETE", f"/experiments/{experiment_id}",
-                        params={"delete_models": "true"} if delete_models else None)
+    api_of(ctx).delete(f"/experiments/{experiment_id}",
+                       params={"delete_models": "true"} if delete_models else None)
     console.print(f"deleted {experiment_id}")

@@ -20,6 +20,7 @@ from app.client.commands.common import (
     fail,
     hyperparameter_options,
     print_or_json,
+    print_page,
 )
 from app.client.commands.datasets import InputFile, upload, upload_for_training
 from app.client.commands.metrics import print_job_result
@@ -110,11 +111,12 @@ def list_jobs(
     """Jobs, newest first."""
     params = {k: v for k, v in {"state": state, "dataset_id": dataset, "limit": limit}.items()
               if v is not None}
-    print_or_json(api_of(ctx).get("/jobs", params=params), json_, lambda body: out.table(
-        f"{body['count']} jobs", ["id", "state", "progress", "base model", "best", "model", "created"], (
-            [j["id"], j["state"], f"{j['progress']:.0%}", j["base_model"],
-             f"{j['best_metric_name']} {out.fmt(j['best_metric'])}" if j["best_metric"] is not None else None,
-             j["model_id"], out.when(j["created_at"])] for j in body["data"])))
+    print_page(api_of(ctx).get("/jobs", params=params), json_, "jobs",
+               ["id", "state", "progress", "base model", "best", "model", "created"],
+               lambda j: [j["id"], j["state"], f"{j['progress']:.0%}", j["base_model"],
+                          f"{j['best_metric_name']} {out.fmt(j['best_metric'])}"
+                          if j["best_metric"] is not None else None,
+                          j["model_id"], out.when(j["created_at"])])
 
 
 @jobs_app.command("show")
@@ -162,6 +164,5 @@ def delete_job(
     delete_model: Annotated[bool, typer.Option(help="also delete the job's tuned model")] = False,
 ) -> None:
     """Delete a finished job with its events, metrics and checkpoints (its model stays unless asked)."""
-    api_of(ctx).request("DELETE", f"/jobs/{job_id}",
-                        params={"delete_model": "true"} if delete_model else None)
+    api_of(ctx).delete(f"/jobs/{job_id}", params={"delete_model": "true"} if delete_model else None)
     console.print(f"deleted {job_id}" + (" and its model" if delete_model else ""))

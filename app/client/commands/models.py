@@ -8,19 +8,14 @@ from typing import Annotated
 import typer
 
 from app.client import output as out
-from app.client.commands.common import JsonOpt, api_of, calls, console, print_or_json
+from app.client.commands.common import JsonOpt, add_list_command, api_of, calls, console, print_or_json
 
 models_app = typer.Typer(help="List, show, download and delete tuned models.", no_args_is_help=True)
 
 
-@models_app.command("list")
-@calls
-def list_models(ctx: typer.Context, json_: JsonOpt = False) -> None:
-    """Tuned models, newest first."""
-    print_or_json(api_of(ctx).get("/models"), json_, lambda body: out.table(
-        f"{body['count']} models", ["id", "task", "base model", "labels", "job", "created"],
-        ([m["id"], m["task"], m["base_model"], m["labels"], m["job_id"], out.when(m["created_at"])]
-         for m in body["data"])))
+add_list_command(models_app, "/models", "models", ["id", "task", "base model", "labels", "job", "created"],
+                 lambda m: [m["id"], m["task"], m["base_model"], m["labels"], m["job_id"],
+                            out.when(m["created_at"])])
 
 
 @models_app.command("show")
