@@ -3,7 +3,6 @@ baselines."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,10 +24,10 @@ from app.client.commands.common import (
     print_or_json,
 )
 from app.client.commands.datasets import InputFile, upload_for_training
+from app.client.watch import poll_experiment
 
 experiments_app = typer.Typer(help="Several base models on one dataset, ranked beside baselines.",
                               no_args_is_help=True)
-EXPERIMENT_POLL_S = 2.0
 
 
 def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -100,16 +99,9 @@ def create_experiment(
 
 
 def _watch(api: Api, experiment_id: str, json_: bool) -> None:
-    from rich.live import Live
-
     with ctrl_c_stops_watching(f"experiment {experiment_id}",
                                f"`tuneserve experiments show {experiment_id}` shows it."):
-        exp = api.get(f"/experiments/{experiment_id}")
-        with Live(_jobs_table(exp), console=console, refresh_per_second=2) as live:
-            while exp["state"] in ("queued", "running"):
-                time.sleep(EXPERIMENT_POLL_S)
-                exp = api.get(f"/experiments/{experiment_id}")
-                live.update(_jobs_table(exp))
+        exp = poll_experiment(api, experiment_id, console, _jobs_table)
     print_or_json(exp, json_, _result)
     if exp["state"] != "succeeded":
         fail(f"experiment {experiment_id} {exp['state']}")

@@ -30,7 +30,8 @@ def print_job_result(api: Api, job: dict[str, Any]) -> None:
 
 
 def metrics(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
-    """A job's eval points, best and final, the last train loss and the comparison with baselines."""
+    """A job's eval points, best and final, the last train loss, the comparison with baselines and
+    the per-class report (precision, recall, F1, support) with the confusion matrix."""
     body = api_of(ctx).get(f"/jobs/{job_id}/metrics")
     if json_:
         return out.print_json(console, body)
@@ -48,5 +49,22 @@ def metrics(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
     comparison = out.comparison_table(body.get("comparison"))
     if comparison is not None:
         console.print(comparison)
+    for title, figures in _reports(body):
+        for report in (out.per_class_table(f"per class {title}", figures),
+                       out.confusion_table(f"confusion matrix {title}", figures)):
+            if report is not None:
+                console.print(report)
     if not body["eval"] and not body["train"]:
         console.print(f"{job_id} has no metric points yet")
+
+
+def _reports(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Whose per-class figures to show: the tuned model's on each split the comparison scored
+    (the final model on every row), else the best evaluation's."""
+    splits = (body.get("comparison") or {}).get("splits") or {}
+    scored = [(f"on the {split} split (tuned model)", figures["tuned"]) for split, figures in splits.items()
+              if isinstance(figures.get("tuned"), dict)]
+    if scored:
+        return scored
+    best = (body.get("summary") or {}).get("best")
+    return [(f"at the best evaluation (step {best['step']})", best)] if best else []
