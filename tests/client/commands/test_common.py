@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.client.commands.common import ctrl_c_stops_watching
-from core.db import session_scope
-from core.tables import Dataset
+from tests.app.datasets_support import dataset_row
 
 OPTIONS = ["--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-4", "--max-seq-length", "64",
            "--set", "warmup_ratio=0", "--set", "lr_scheduler=cosine"]
@@ -22,14 +21,6 @@ CHOSEN = {"epochs": 2.0, "batch_size": 8, "learning_rate": 1e-4, "max_seq_length
           "lr_scheduler": "cosine"}
 
 
-def _dataset() -> str:
-    with session_scope() as session:
-        row = Dataset(name="t.csv", task="single_label", format="csv", encoding="utf-8", text_column="text",
-                      label_columns=["label"], labels=["neg", "pos"], num_rows={"train": 10, "validation": 2},
-                      sha256="0" * 64, storage_path="/nowhere")
-        session.add(row)
-        session.flush()
-        return row.id
 
 
 def _invoke(client: Any, *args: str) -> Any:
@@ -40,7 +31,7 @@ def _invoke(client: Any, *args: str) -> Any:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_jobs_and_experiments_take_the_same_hyperparameter_options(client: Any) -> None:
-    dataset_id = _dataset()
+    dataset_id = dataset_row()
     job = _invoke(client, "jobs", "create", "--dataset", dataset_id, *OPTIONS, "--json")
     assert {k: job["hyperparameters"][k] for k in CHOSEN} == CHOSEN
     # Options not given are left to the server's defaults, not sent as null.
@@ -56,7 +47,7 @@ def test_jobs_and_experiments_take_the_same_hyperparameter_options(client: Any) 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_bad_set_is_refused_before_anything_is_sent(client: Any) -> None:
-    result = CliRunner().invoke(app, ["jobs", "create", "--dataset", _dataset(), "--set", "epochs"],
+    result = CliRunner().invoke(app, ["jobs", "create", "--dataset", dataset_row(), "--set", "epochs"],
                                 obj=client)
     assert result.exit_code == 1 and "write it as key=value" in result.output
     assert client.get("/jobs").json()["count"] == 0
