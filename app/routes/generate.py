@@ -22,39 +22,13 @@ from app.crud import models as crud
 from app.deps import Authenticated, PrincipalDep
 from app.schemas.common import errors
 from app.schemas.generate import GenerateRequest, GenerateResponse
+from app.serving.generations import Generations, generations
 from core.db import new_session
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 DEFAULT_MAX_NEW_TOKENS = 256
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 409, 413, 422, 429))
-
-
-class Generations:
-    """Loaded chat models and the count of generations running (all models together)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.running = 0
-        self._models: Any = None  # core.serving.generation.ChatModels, made on the first request
-
-    def models(self) -> Any:
-        if self._models is None:
-            from core.serving.generation import ChatModels  # torch is imported here, not at start
-
-            self._models = ChatModels(self.settings.predict_device)  # where /predict serves, too
-        return self._models
-
-    def evict(self, model_id: str) -> None:
-        if self._models is not None:
-            self._models.evict(model_id)
-
-
-def generations(request: Request) -> Generations:
-    found = getattr(request.app.state, "generations", None)
-    if found is None:
-        found = request.app.state.generations = Generations(get_settings())
-    return found  # type: ignore[no-any-return]
 
 
 def _chat_model_or_4xx(model_id: str, principal: Principal) -> tuple[str, Path]:
