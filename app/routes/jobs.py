@@ -125,7 +125,9 @@ def _public(session: SessionDep, settings: Settings, job: Job) -> JobPublic:
     model = session.get(TunedModel, job.model_id) if job.model_id else None
     if model is not None:
         disk_bytes += model.size_bytes
-    return JobPublic.model_validate(job).model_copy(update={"disk_bytes": disk_bytes})
+    newest = store.latest_resumable_checkpoint(store.checkpoints_dir(settings.models_dir, job.id))
+    return JobPublic.model_validate(job).model_copy(update={
+        "disk_bytes": disk_bytes, "resume_from_step": newest[0] if newest else None})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -54,6 +54,9 @@ class JobPublic(BaseModel):
     model_id: str | None
     attempts: int
     disk_bytes: int = Field(0, description="Bytes on disk: the job's checkpoints plus its tuned model.")
+    resume_from_step: int | None = Field(
+        None, description="The step a resume (or a new worker) continues from: its newest checkpoint "
+        "with training state; null when it has none and would start from the beginning.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

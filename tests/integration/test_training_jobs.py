@@ -211,6 +211,7 @@ def test_cancel_stops_at_the_next_step_and_resume_continues_it(stack: Any, tmp_p
     # Resumed on request: it continues from that checkpoint to the end, every step once.
     resp = client.post(f"/jobs/{job_id}/resume")
     assert resp.status_code == 202 and resp.json()["state"] == "queued"
+    assert resp.json()["resume_from_step"] == stopped  # what the CLI says it resumes from
     job = wait_for_job(client, job_id, {"cancelled", "succeeded", "failed"}, worker=worker)
     assert job["state"] == "succeeded", job["error"]
     events = client.get(f"/jobs/{job_id}/events").json()

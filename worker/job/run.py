@@ -52,6 +52,8 @@ def run_job(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
     family = family_for(task)
     config = TrainConfig.from_hyperparameters(hp, settings)
     training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
+    if sink.should_stop():  # cancelled (or stopped) while the model loaded: before the probe's work
+        return JobState.CANCELLED, {}
     for kind, message, data in family.setup_events(training_task, config):
         sink.event(kind, message, data)
     result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)

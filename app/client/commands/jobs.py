@@ -151,8 +151,10 @@ def cancel_job(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
 def resume_job(ctx: typer.Context, job_id: str, watch: WatchOpt = False) -> None:
     """Continue a failed or cancelled job from its last good checkpoint."""
     api = api_of(ctx)
-    api.post(f"/jobs/{job_id}/resume")
-    err.print(f"job {job_id} queued to resume from its last checkpoint")
+    job = api.post(f"/jobs/{job_id}/resume")
+    step = job.get("resume_from_step") if isinstance(job, dict) else None
+    where = f"from its checkpoint at step {step}" if step else "from the start (it has no checkpoint)"
+    err.print(f"job {job_id} queued to resume {where}")
     if watch:
         finish_watch(api, job_id)
 
