@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,8 +59,8 @@ def test_auto_class_weights_are_inverse_frequencies() -> None:
     # scikit-learn's balanced weights n / (classes present * count); a class absent from train: 1
     assert single.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 1.0])
     every = _loss_weight([0, 0, 1, 2, 2, 2], num_labels=3, multi_label=False)
-    assert every.tolist() == pytest.approx(compute_class_weight("balanced", classes=[0, 1, 2],
-                                                                y=[0, 0, 1, 2, 2, 2]).tolist())
+    assert every.tolist() == pytest.approx(compute_class_weight("balanced", classes=np.arange(3),
+                                                                y=np.array([0, 0, 1, 2, 2, 2])).tolist())
     multi = _loss_weight([[0], [0, 1], [], [0]], num_labels=3, multi_label=True)
     assert multi.tolist() == pytest.approx([1 / 3, 3.0, 1.0])  # negatives / positives
 
