@@ -14,6 +14,7 @@ from app.limits import RequestBodyLimit
 from app.routes import datasets, events, experiments, generate, health, jobs, models, predict, predict_file
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
+from core.logging import demote_polling, quiet_libraries
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("tuneserve.api")
@@ -49,6 +50,8 @@ def _sweep_orphans(settings: Settings) -> None:
 
 
 def create_app() -> FastAPI:
+    quiet_libraries()
+    demote_polling()
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
     for module in (health, datasets, jobs, events, models, predict, predict_file, experiments, generate):
         app.include_router(module.router)
