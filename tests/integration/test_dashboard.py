@@ -211,7 +211,8 @@ def test_an_experiment_page_follows_its_jobs_then_shows_the_leaderboard(
         job_id = body["jobs"][0]["job_id"]
         assert browser.evaluate(f"!!document.querySelector('a[href=\"#/jobs/{job_id}\"]')")
         alignment = json.loads(browser.evaluate(NUMERIC_ALIGNMENT))
-        assert alignment["heads"] >= 5 and alignment["bad"] == [], alignment
+        # rank, the metric, test, time, samples/s, parameters; each job's step and ETA
+        assert alignment["heads"] == 8 and alignment["bad"] == [], alignment
         _save_screenshot(browser, "dashboard-experiment.png")
     finally:
         browser.close()
@@ -235,9 +236,11 @@ def test_at_phone_width_no_page_scrolls_sideways(live: LiveService, finished: di
             browser.wait_for("document.querySelectorAll('table').length > 0")
             width = browser.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, (name, width)
+            # Nothing drawn past the right edge (a card table's header row is there for screen
+            # readers only, clipped to one pixel).
             wide = browser.evaluate("[...document.querySelectorAll('#main *')].filter((e) => "
-                                    "e.getBoundingClientRect().right > 391).map((e) => e.tagName + '.' + "
-                                    "e.className).slice(0, 5)")
+                                    "!e.closest('table.stack thead') && e.getBoundingClientRect().right > 391)"
+                                    ".map((e) => e.tagName + '.' + e.className).slice(0, 5)")
             assert wide == [], (name, wide)
             # The text and every table: Hangul has a font to be drawn in (fonts-noto-cjk in the image).
             family = browser.evaluate("getComputedStyle(document.body).fontFamily")
@@ -252,10 +255,11 @@ def test_a_chat_jobs_page_has_no_confusion_matrix_section(live: LiveService, tmp
     from tests.conftest import FIXTURES
 
     with (FIXTURES / "korean_chatbot_qa_slice.csv").open("rb") as fh:
-        dataset = httpx.post(f"{live.url}/datasets", files={"file": ("chat.csv", fh)}, data={"task": "chat"})
+        dataset = httpx.post(f"{live.url}/datasets", files={"file": ("chat.csv", fh)}, data={"task": "chat"},
+                             timeout=60)
     assert dataset.status_code == 201, dataset.text
     created = httpx.post(f"{live.url}/jobs", json={"dataset_id": dataset.json()["id"],
-                                                   "base_model": str(live.tiny_encoder_dir)})
+                                                   "base_model": str(live.tiny_encoder_dir)}, timeout=60)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
     httpx.post(f"{live.url}/jobs/{job_id}/cancel")  # the page is what is tested, not the training

@@ -67,8 +67,8 @@ const isBlank = (cell) => cell === null || cell === undefined || cell === "–";
 // Each cell carries its column's name in data-label: at phone width a row becomes a card of
 // "label: value" lines (style.css), so no table scrolls sideways.
 function table(caption, columns, rows, opts = {}) {
-  const numeric = columns.map((_, i) => rows.some((r) => typeof r[i] === "number")
-    && rows.every((r) => typeof r[i] === "number" || isBlank(r[i])));
+  const numeric = columns.map((c, i) => opts.numeric?.includes(c) || (rows.some((r) => typeof r[i] === "number")
+    && rows.every((r) => typeof r[i] === "number" || isBlank(r[i]))));
   const head = h("tr", {}, columns.map((c, i) => h("th", { scope: "col", class: numeric[i] ? "num" : null }, c)));
   const body = rows.map((cells) => h("tr", {}, cells.map((cell, i) => {
     const label = columns[i];
@@ -548,7 +548,7 @@ function experimentSections(exp) {
       h("progress", { max: 1, value: j.progress, "aria-label": `${Math.round(j.progress * 100)}%` }),
       j.total_steps ? `${j.step} / ${j.total_steps}` : j.step,
       j.state === "running" && j.eta_s !== null ? duration(j.eta_s) : "–", j.model_id || (j.error ? j.error : "–")]),
-    { text: ["base model", "model"] }));
+    { text: ["base model", "model"], numeric: ["step", "ETA"] }));
   const rows = exp.leaderboard || [];
   const board = h("section", { "aria-labelledby": "board-h" }, h("h2", { id: "board-h" }, "Leaderboard"),
     rows.length ? table(`Ranked by ${metric} on validation; a tie goes to the faster, then the smaller model.`,
@@ -556,7 +556,8 @@ function experimentSections(exp) {
       rows.map((r) => [r.rank ?? "–", r.kind === "model" && r.job_id ? link(`#/jobs/${r.job_id}`, r.name) : r.name,
         r.kind, r.validation[metric] ?? "–", (r.test || {})[metric] ?? "–",
         r.training_time_s === null ? "–" : duration(r.training_time_s),
-        r.samples_per_second ?? "–", r.parameters ?? "–", r.fit || "–"]), { text: ["name"] })
+        r.samples_per_second ?? "–", r.parameters ?? "–", r.fit || "–"]),
+      { text: ["name"], numeric: [metric, `test ${metric}`, "training time", "samples/s", "parameters"] })
       : h("p", { class: "muted" }, "No job has been evaluated yet."));
   return [status, recommendation, board, jobs];
 }
