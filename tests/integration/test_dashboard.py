@@ -223,23 +223,27 @@ def test_at_phone_width_no_page_scrolls_sideways(live: LiveService, finished: di
                                                  tmp_path: Path) -> None:
     job = finished["job"]
     experiments = httpx.get(f"{live.url}/experiments").json()["data"]
-    pages = {"overview": "#/", "job": f"#/jobs/{job['id']}", "dataset": f"#/datasets/{job['dataset_id']}"}
+    # Each page by its fragment and the start of its title (a hash change keeps the document:
+    # the test waits for the new page's own heading, not the one before it).
+    pages = {"overview": ("#/", "Overview"), "job": (f"#/jobs/{job['id']}", "Job "),
+             "dataset": (f"#/datasets/{job['dataset_id']}", "Dataset ")}
     if experiments:
-        pages["experiment"] = f"#/experiments/{experiments[0]['id']}"
+        pages["experiment"] = (f"#/experiments/{experiments[0]['id']}", "Experiment ")
     browser = Browser(tmp_path / "cdp-narrow")
     try:
         browser.call("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2,
                      mobile=True)
-        for name, fragment in pages.items():
+        for name, (fragment, title) in pages.items():
             browser.call("Page.navigate", url=f"{live.url}/{fragment}")
-            browser.wait_for("document.querySelector('#main h1') && !document.querySelector('#main > p')")
-            browser.wait_for("document.querySelectorAll('table').length > 0")
+            browser.wait_for(f"(document.querySelector('#main h1')?.textContent || '').startsWith({title!r})")
+            browser.wait_for("document.querySelectorAll('#main table').length > 0")
             width = browser.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, (name, width)
             # Nothing drawn past the right edge (a card table's header row is there for screen
             # readers only, clipped to one pixel).
             wide = browser.evaluate("[...document.querySelectorAll('#main *')].filter((e) => "
-                                    "!e.closest('table.stack thead') && e.getBoundingClientRect().right > 391)"
+                                    "!e.closest('table.stack thead') && "
+                                    "e.getBoundingClientRect().right > 391)"
                                     ".map((e) => e.tagName + '.' + e.className).slice(0, 5)")
             assert wide == [], (name, wide)
             # The text and every table: Hangul has a font to be drawn in (fonts-noto-cjk in the image).
@@ -274,7 +278,10 @@ def test_a_chat_jobs_page_has_no_confusion_matrix_section(live: LiveService, tmp
         chat_dataset = httpx.get(f"{live.url}/datasets/{dataset.json()['id']}").json()
         browser.call("Page.navigate", url=f"{live.url}/#/datasets/{chat_dataset['id']}")
         browser.wait_for("document.getElementById('report-h') !== null")
-        assert "Label distribution" not in browser.evaluate("document.getElementById('main').innerText")
+        text = browser.evaluate("document.getElementById('main').innerText")
+        assert "Label distribution" not in text
+        assert any("\uac00" <= ch <= "\ud7a3" for ch in text)  # the Korean preview, in Hangul
+        _save_screenshot(browser, "dashboard-chat-dataset.png")
     finally:
         browser.close()
 
