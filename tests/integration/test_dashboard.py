@@ -274,12 +274,13 @@ def test_a_chat_jobs_page_has_no_confusion_matrix_section(live: LiveService, tmp
         text = browser.evaluate("document.getElementById('main').innerText")
         assert "Curves" in text and "Events" in text
         assert "Confusion matrix" not in text and "Per-class" not in text
+        assert "null" not in text.split() and "undefined" not in text  # a left-out section leaves no trace
         assert browser.evaluate("document.getElementById('cm-h') === null")
         chat_dataset = httpx.get(f"{live.url}/datasets/{dataset.json()['id']}").json()
         browser.call("Page.navigate", url=f"{live.url}/#/datasets/{chat_dataset['id']}")
         browser.wait_for("document.getElementById('report-h') !== null")
         text = browser.evaluate("document.getElementById('main').innerText")
-        assert "Label distribution" not in text
+        assert "Label distribution" not in text and "null" not in text.split()
         assert any("\uac00" <= ch <= "\ud7a3" for ch in text)  # the Korean preview, in Hangul
         _save_screenshot(browser, "dashboard-chat-dataset.png")
     finally:

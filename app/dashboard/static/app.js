@@ -235,7 +235,7 @@ const main = () => document.getElementById("main");
 
 function show(title, ...content) {
   const heading = h("h1", { tabindex: "-1" }, title);
-  main().replaceChildren(heading, ...content);
+  main().replaceChildren(heading, ...content.filter(Boolean));  // a section left out is null
   return heading;
 }
 
@@ -414,7 +414,7 @@ async function jobPage(id) {
   let pending = false;
   const render = () => {
     pending = false;
-    body.replaceChildren(...jobSections(state));
+    body.replaceChildren(...jobSections(state).filter(Boolean));
     heading.lastChild.replaceWith(badge(state.job.state));
   };
   render();
@@ -569,7 +569,7 @@ async function experimentPage(id) {
   const heading = show(`Experiment ${exp.name || exp.id}`, body);
   heading.append(" ", badge(exp.state));
   const render = (e) => {
-    body.replaceChildren(...experimentSections(e));
+    body.replaceChildren(...experimentSections(e).filter(Boolean));
     heading.lastChild.replaceWith(badge(e.state));
   };
   render(exp);
