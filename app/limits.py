@@ -1,17 +1,60 @@
-"""The request-body limit for JSON routes: a body past TUNESERVE_MAX_REQUEST_BODY_MB is answered
-413 before any route parses it. Dataset uploads have their own, larger limit, enforced while
-they stream (app/routes/datasets.py)."""
+"""Request-body limits. JSON routes: a body past TUNESERVE_MAX_REQUEST_BODY_MB is answered 413
+before any route parses it. File uploads (/datasets, /predict/file) have their own, larger
+limit, TUNESERVE_MAX_UPLOAD_MB, enforced while they stream by `UploadLimitRoute`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
 # Streamed and limited by their own route class, at max_upload_mb.
-EXEMPT_PREFIXES = ("/datasets",)
+EXEMPT_PREFIXES = ("/datasets", "/predict/file")
+# Multipart boundaries and the small form fields ride on top of the files' bytes.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def upload_too_large(settings: Settings) -> str:
+    return (
+        f"the upload is larger than the limit of {settings.max_upload_mb} MB (all files of one request "
+        "together): upload a smaller file (a sample, or split it) or raise TUNESERVE_MAX_UPLOAD_MB"
+    )
+
+
+class UploadLimitRoute(APIRoute):
+    """Counts body bytes as they arrive, so an oversized upload is refused while it streams (413)
+    rather than after the multipart parser has spooled all of it to disk."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            if request.method != "POST":
+                return await handler(request)
+            settings = get_settings()
+            limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise HTTPException(413, upload_too_large(settings))
+            received = 0
+
+            async def counting_receive() -> Message:
+                nonlocal received
+                message = await request.receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, upload_too_large(settings))
+                return message
+
+            return await handler(Request(request.scope, counting_receive))
+
+        return limited
 
 
 class RequestBodyLimit:

@@ -11,9 +11,10 @@ from fastapi import FastAPI
 from app import dashboard
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
-from app.routes import datasets, events, experiments, generate, health, jobs, models, predict
+from app.routes import datasets, events, experiments, generate, health, jobs, models, predict, predict_file
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
+from core.logging import demote_polling, quiet_libraries
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("tuneserve.api")
@@ -49,8 +50,10 @@ def _sweep_orphans(settings: Settings) -> None:
 
 
 def create_app() -> FastAPI:
+    quiet_libraries()
+    demote_polling()
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    for module in (health, datasets, jobs, events, models, predict, experiments, generate):
+    for module in (health, datasets, jobs, events, models, predict, predict_file, experiments, generate):
         app.include_router(module.router)
     dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)

@@ -11,8 +11,11 @@ import threading
 
 from celery.signals import worker_ready, worker_shutting_down
 
+from core.logging import quiet_libraries
 from core.queue import TRAINING_QUEUE, make_celery
 from core.settings import get_settings
+
+quiet_libraries()  # before any task imports transformers: they read the switches at import
 
 log = logging.getLogger("tuneserve.worker")
 

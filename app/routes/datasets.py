@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.routing import APIRoute
-from starlette.types import Message
 
 from app.auth import Principal
 from app.crud import datasets as crud
@@ -21,51 +18,11 @@ from app.ingest.guards import ReadLimits
 from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
 from app.ingest.upload import SavedUpload, save_upload
+from app.limits import UploadLimitRoute, upload_too_large
 from app.schemas.common import DatasetIdPath, Limit, Offset, errors, reject_unstorable
 from app.schemas.datasets import DatasetDetail, DatasetPublic, DatasetsPublic
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.tables import Dataset, new_id
-
-# Multipart boundaries and the small form fields ride on top of the files' bytes.
-FORM_OVERHEAD_BYTES = 1024 * 1024
-
-
-def _too_large(settings: Settings) -> str:
-    return (
-        f"the upload is larger than the limit of {settings.max_upload_mb} MB (all files of one request "
-        "together): upload a smaller file (a sample, or split it) or raise TUNESERVE_MAX_UPLOAD_MB"
-    )
-
-
-class UploadLimitRoute(APIRoute):
-    """Counts body bytes as they arrive, so an oversized upload is refused while it streams (413)
-    rather than after the multipart parser has spooled all of it to disk."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def limited(request: Request) -> Response:
-            if request.method != "POST":
-                return await handler(request)
-            settings = get_settings()
-            limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise HTTPException(413, _too_large(settings))
-            received = 0
-
-            async def counting_receive() -> Message:
-                nonlocal received
-                message = await request.receive()
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, _too_large(settings))
-                return message
-
-            return await handler(Request(request.scope, counting_receive))
-
-        return limited
-
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute,
                    dependencies=[Authenticated], responses=errors(400, 401, 404, 409, 413, 422))
@@ -137,7 +94,7 @@ async def _save_all(uploads: dict[str, UploadFile | None], directory: Path,
                 upload, filename=upload.filename, dest=directory / field_name, limit_bytes=budget,
             )
         except UploadTooLarge as e:
-            raise UploadTooLarge(_too_large(settings)) from e
+            raise UploadTooLarge(upload_too_large(settings)) from e
         budget -= saved[field_name].size_bytes
     return saved
 

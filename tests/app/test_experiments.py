@@ -126,7 +126,8 @@ def test_cancel_stops_every_job_then_409(client: Any, two_models: list[str]) -> 
     assert missing.status_code == 404 and "GET /experiments" in missing.json()["detail"]
 
 
-def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: float, fit: str) -> None:
+def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: float, fit: str,
+            parameters: int = 1234) -> None:
     """What a worker leaves behind for a succeeded job: state, events, metric points, comparison."""
     start = utcnow()
     figures = {"tuned": {"f1_macro": f1, "accuracy": f1 + 0.1, "per_class": {"neg": {}}},
@@ -138,7 +139,7 @@ def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: fl
         assert job is not None
         job.state, job.progress, job.peak_memory_mb = "succeeded", 1.0, 99.0
         job.model_id = f"mdl_{job_id[-6:]}"
-        job.comparison = {"parameters": 1234, "primary_metric": "f1_macro",
+        job.comparison = {"parameters": parameters, "primary_metric": "f1_macro",
                           "baselines": {"tfidf": {"fit_seconds": 0.5, "parameters": 60, "error": None},
                                         "majority": {"fit_seconds": 0.0, "parameters": None, "error": None}},
                           "splits": {"validation": figures, "test": test}}
@@ -182,6 +183,25 @@ def test_leaderboard_ranks_models_and_baselines_and_recommends_the_best(client: 
     assert rec["final"] is True and rec["model_id"] == top["model_id"] and rec["beats_tfidf"] is True
     assert rec["margin_over_tfidf"] == pytest.approx(0.18) and rec["test"] == 0.75
     assert top["model_id"] in rec["message"] and "0.1800 better than the TF-IDF" in rec["message"]
+
+
+def test_a_tie_goes_to_the_faster_then_the_smaller_model(client: Any, two_models: list[str],
+                                                         tmp_path: Path) -> None:
+    third = tmp_path / "third-encoder"
+    third.mkdir()
+    (third / "config.json").write_text((Path(two_models[0]) / "config.json").read_text())
+    models = [*two_models, str(third)]
+    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": models}).json()
+    slow, fast_big, fast_small = (j["job_id"] for j in created["jobs"])
+    # Listed first, yet 12 times slower for the same score: it must not win the tie.
+    _finish(slow, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=120, fit="good", parameters=1000)
+    _finish(fast_big, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=10, fit="good", parameters=5000)
+    _finish(fast_small, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=10, fit="good", parameters=2000)
+
+    body = client.get(f"/experiments/{created['id']}").json()
+    ranked = [(r["rank"], r["job_id"]) for r in body["leaderboard"] if r["kind"] == "model"]
+    assert ranked == [(1, fast_small), (2, fast_big), (3, slow)]
+    assert body["recommendation"]["job_id"] == fast_small
 
 
 def test_when_no_model_beats_tfidf_the_recommendation_says_so(client: Any, two_models: list[str]) -> None:

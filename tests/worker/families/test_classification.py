@@ -4,6 +4,7 @@ and the export a pipeline can serve."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,26 @@ def test_a_tuned_model_with_another_label_set_can_be_a_base(multi_model_dir: Pat
     assert model.config.id2label == dict(enumerate(names))
     assert model.config.problem_type == "single_label_classification"
     assert model.classifier.out_features == 5
+
+
+def test_loading_logs_one_line_naming_the_new_head_and_no_report_table(
+    tiny_encoder_dir: Path, multi_model_dir: Path, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from core.logging import quiet_libraries
+
+    quiet_libraries()  # as the worker's entry point does
+    caplog.set_level(logging.INFO)
+    load_classifier(str(tiny_encoder_dir), ["neg", "pos"], multi_label=False, seed=0)
+    # A tuned model with another label set as the base: its head is replaced, and said so.
+    load_classifier(str(multi_model_dir), ["v", "w", "x", "y", "z"], multi_label=False, seed=0)
+    messages = [r.getMessage() for r in caplog.records]
+    heads = [m for m in messages if m.startswith("a new classification head")]
+    assert heads == ["a new classification head: classifier.weight, classifier.bias"] * 2, messages
+    assert not [m for m in messages if "LOAD REPORT" in m or "MISSING" in m]
+    # No progress bar reaches stderr (tqdm writes there), nor a FutureWarning.
+    _, err = capfd.readouterr()
+    assert "Loading weights" not in err and "FutureWarning" not in err, err[-2000:]
 
 
 def test_a_hub_name_in_the_local_cache_loads_offline(model_dir: Path, tmp_path: Path,
