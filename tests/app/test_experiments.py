@@ -191,7 +191,7 @@ def test_a_tie_goes_to_the_faster_then_the_smaller_model(client: Any, two_models
     third.mkdir()
     (third / "config.json").write_text((Path(two_models[0]) / "config.json").read_text())
     models = [*two_models, str(third)]
-    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": models}).json()
+    created = client.post("/experiments", json={"dataset_id": dataset_row(), "base_models": models}).json()
     slow, fast_big, fast_small = (j["job_id"] for j in created["jobs"])
     # Listed first, yet 12 times slower for the same score: it must not win the tie.
     _finish(slow, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=120, fit="good", parameters=1000)
