@@ -7,7 +7,6 @@ full message, usage, finish_reason); `event: error` with `{"detail"}` if generat
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,12 +30,12 @@ router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenti
 
 
 class Generations:
-    """Loaded chat models and the count of generations running (all models together)."""
+    """Loaded chat models and the engine that decodes for all of them (made on the first request)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.running = 0
-        self._models: Any = None  # core.serving.generation.ChatModels, made on the first request
+        self._models: Any = None  # core.serving.generation.ChatModels
+        self._engine: Any = None  # core.serving.engine.Engine
 
     def models(self) -> Any:
         if self._models is None:
@@ -45,9 +44,20 @@ class Generations:
             self._models = ChatModels(self.settings.predict_device)  # where /predict serves, too
         return self._models
 
+    def engine(self) -> Any:
+        if self._engine is None:
+            from core.serving.engine import Engine
+
+            self._engine = Engine(self.settings)
+        return self._engine
+
     def evict(self, model_id: str) -> None:
         if self._models is not None:
             self._models.evict(model_id)
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.aclose()
 
 
 def generations(request: Request) -> Generations:
@@ -89,6 +99,34 @@ def _load(gens: Generations, model_id: str, path: Path) -> Any:
     return gens.models().runtime(read_spec(model_id, path))
 
 
+def _params(body: GenerateRequest) -> Any:
+    from core.serving.engine import GenerationParams
+
+    assert body.max_new_tokens is not None  # set by _check_conversation
+    return GenerationParams(max_new_tokens=body.max_new_tokens, temperature=body.temperature,
+                            top_p=body.top_p, stop=tuple(body.stop), seed=body.seed)
+
+
+async def submit(gens: Generations, model_id: str, path: Path, messages: list[dict[str, str]],
+                 params: Any) -> Any:
+    """Load the model if needed, check the prompt's length and queue it on the engine: the
+    stream of its reply (core.serving.engine.Stream). 409/422/429 as HTTPException. The
+    OpenAI-compatible chat route calls this too."""
+    from core.serving.engine import QueueFull
+
+    settings = gens.settings
+    runtime = await run_in_threadpool(_load, gens, model_id, path)
+    ids = await run_in_threadpool(runtime.prompt_ids, messages)
+    if len(ids) > settings.generate_max_prompt_tokens:
+        raise HTTPException(422, f"the conversation is {len(ids)} tokens after the chat template; the "
+                                 f"limit is {settings.generate_max_prompt_tokens} "
+                                 "(TUNESERVE_GENERATE_MAX_PROMPT_TOKENS): send fewer or shorter turns")
+    try:
+        return gens.engine().submit(runtime, ids, params)
+    except QueueFull as full:
+        raise HTTPException(429, str(full), headers={"Retry-After": str(full.retry_after_s)}) from None
+
+
 @router.post(
     "",
     response_model=GenerateResponse,
@@ -100,77 +138,34 @@ def _load(gens: Generations, model_id: str, path: Path) -> Any:
 async def generate(body: GenerateRequest, request: Request, principal: PrincipalDep) -> Any:
     """The assistant's reply to `messages` from a tuned chat model (LoRA adapters share their base)."""
     gens = generations(request)
-    settings = gens.settings
-    _check_conversation(body, settings)
+    _check_conversation(body, gens.settings)
     model_id, path = await run_in_threadpool(_chat_model_or_4xx, body.model_id, principal)
-    if gens.running >= settings.generate_max_concurrent:
-        raise HTTPException(429, f"{gens.running} generations are running, the limit is "
-                                 f"{settings.generate_max_concurrent} (TUNESERVE_GENERATE_MAX_CONCURRENT); "
-                                 "retry shortly", headers={"Retry-After": "2"})
-    gens.running += 1  # on the event loop's thread: no lock needed
-    released = False
-    streaming = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            gens.running -= 1
-
+    stream = await submit(gens, model_id, path, [m.model_dump() for m in body.messages], _params(body))
+    if body.stream:
+        return EventSourceResponse(_events(stream, model_id))
     try:
-        runtime = await run_in_threadpool(_load, gens, model_id, path)
-        messages = [m.model_dump() for m in body.messages]
-        ids = await run_in_threadpool(runtime.prompt_ids, messages)
-        if len(ids) > settings.generate_max_prompt_tokens:
-            raise HTTPException(422, f"the conversation is {len(ids)} tokens after the chat template; the "
-                                     f"limit is {settings.generate_max_prompt_tokens} "
-                                     "(TUNESERVE_GENERATE_MAX_PROMPT_TOKENS): send fewer or shorter turns")
-        if body.stream:
-            streaming = True  # the stream releases its slot when it ends
-            return EventSourceResponse(_stream(runtime, ids, body, model_id, release))
-        reply = await run_in_threadpool(runtime.generate, ids, _max_new(body), body.temperature,
-                                        body.top_p)
-        return _response(model_id, reply.text, reply.prompt_tokens, reply.completion_tokens,
-                         reply.finish_reason)
+        reply = await stream.text()
     finally:
-        if not streaming:
-            release()
+        stream.cancel()  # the client left before the reply was whole: stop decoding it
+    return _response(model_id, reply)
 
 
-def _response(model_id: str, text: str, prompt_tokens: int, completion_tokens: int,
-              finish_reason: str) -> dict[str, Any]:
-    return {"model_id": model_id, "message": {"role": "assistant", "content": text},
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-            "finish_reason": finish_reason}
+def _response(model_id: str, reply: Any) -> dict[str, Any]:
+    return {"model_id": model_id, "message": {"role": "assistant", "content": reply.text},
+            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+            "finish_reason": reply.finish_reason}
 
 
-async def _stream(runtime: Any, ids: list[int], body: GenerateRequest, model_id: str,
-                  release: Any) -> AsyncIterator[bytes]:
+async def _events(stream: Any, model_id: str) -> AsyncIterator[bytes]:
+    """SSE: a `token` event per piece; `done` with the whole reply. A client that disconnects
+    closes this generator, which cancels its sequence before the engine's next step."""
     try:
-        pieces, thread, result = await run_in_threadpool(runtime.stream, ids, _max_new(body),
-                                                         body.temperature, body.top_p)
-        text: list[str] = []
-        sentinel = object()
-        while True:
-            piece = await run_in_threadpool(next, pieces, sentinel)
-            if not isinstance(piece, str):
-                break
-            if piece:
-                text.append(piece)
-                yield format_sse_event(event="token",
-                                       data_str=json.dumps({"text": piece}, ensure_ascii=False))
-        await asyncio.to_thread(thread.join)
-        if "error" in result:
-            detail = f"generation failed: {type(result['error']).__name__}: {result['error']}"
-            yield format_sse_event(event="error", data_str=json.dumps({"detail": detail}))
-            return
-        done = _response(model_id, "".join(text), len(ids), result["completion_tokens"],
-                         result["finish_reason"])
-        yield format_sse_event(event="done", data_str=json.dumps(done, ensure_ascii=False))
+        async for piece in stream:
+            yield format_sse_event(event="token", data_str=json.dumps({"text": piece}, ensure_ascii=False))
+        yield format_sse_event(event="done", data_str=json.dumps(_response(model_id, stream.reply),
+                                                                   ensure_ascii=False))
+    except Exception as error:  # noqa: BLE001 - the status line is sent: the stream says what failed
+        detail = f"generation failed: {type(error).__name__}: {error}"
+        yield format_sse_event(event="error", data_str=json.dumps({"detail": detail}))
     finally:
-        release()
-
-
-def _max_new(body: GenerateRequest) -> int:
-    assert body.max_new_tokens is not None  # set by _check_conversation
-    return body.max_new_tokens
+        stream.cancel()

@@ -193,6 +193,8 @@ class _Batch:
         self.fault_oom_above_rows = fault_oom_above_rows
         self.rows: list[_Sequence] = []
         self.left: list[_Sequence] = []  # finished rows taken out of the batch, for the lane to collect
+        self.peak_rows = 0      # the most rows, and distinct adapters, one forward has decoded
+        self.peak_adapters = 0
         self.cache: Any = None
         self.mask = torch.empty(0)
         self.positions = torch.empty(0)
@@ -219,6 +221,8 @@ class _Batch:
         if self.fault_oom_above_rows is not None and len(rows) > self.fault_oom_above_rows:
             raise torch.OutOfMemoryError(f"injected: {len(rows)} rows is above "
                                          f"TUNESERVE_FAULT_OOM_ABOVE_GENERATE_ROWS={self.fault_oom_above_rows}")
+        self.peak_rows = max(self.peak_rows, len(rows))
+        self.peak_adapters = max(self.peak_adapters, len({s.adapter for s in rows}))
         kwargs: dict[str, Any] = {}
         if self.base.adapters:
             kwargs["adapter_names"] = [s.adapter or BASE_ADAPTER for s in rows]
@@ -405,6 +409,13 @@ class _Lane:
         return done
 
 
+def _ids(runtime: ChatRuntime, prompt: Sequence[dict[str, str]] | Sequence[int]) -> list[int]:
+    """Messages through the model's chat template; token ids as they are."""
+    if prompt and isinstance(prompt[0], dict):
+        return runtime.prompt_ids(list(prompt))  # type: ignore[arg-type]
+    return [int(t) for t in prompt]  # type: ignore[arg-type]
+
+
 def _adapter_of(runtime: ChatRuntime, base_only: bool) -> str | None:
     return None if base_only else runtime.adapter
 
@@ -416,8 +427,7 @@ def generate_many(runtime: ChatRuntime, prompts: Sequence[list[dict[str, str]] |
     """Replies to every prompt, in order, batched: sorted by length so rows of one batch pad little.
     `on_progress(done, total)` after each finished reply; `should_stop()` between steps cancels
     the rest (their replies come back with finish_reason "cancelled")."""
-    ids = [runtime.prompt_ids(p) if p and isinstance(p[0], dict) else list(p)  # type: ignore[arg-type]
-           for p in prompts]
+    ids = [_ids(runtime, p) for p in prompts]
     seqs = [_Sequence(runtime, i, params, _adapter_of(runtime, base_only)) for i in ids]
     lane = _Lane(runtime.base, settings)
     lane.waiting.extend(sorted(seqs, key=lambda s: len(s.prompt_ids)))
@@ -520,7 +530,7 @@ class _LaneThread:
                 self.lane.run_once()
             except Exception:  # run_once failed its rows; the lane keeps serving the others
                 log.exception("generation failed on %s", self.lane.base.path)
-            self.engine._finished(self.lane.take_finished(), time.perf_counter() - started)
+            self.engine._finished(self.lane.take_finished(), time.perf_counter() - started, self.lane.batch)
 
     def close(self) -> None:
         with self.wakeup:
@@ -534,6 +544,8 @@ class EngineStats:
     finished: int = 0
     cancelled: int = 0
     tokens_per_s: float | None = None     # reserved tokens released per second of decoding, smoothed
+    peak_rows: int = 0                    # the most rows one decoding step has run
+    peak_adapters: int = 0                # the most distinct adapters (the base alone counts) in one step
     last_cancelled: list[Reply] = field(default_factory=list)
 
 
@@ -543,14 +555,15 @@ class Engine:
         self._lanes: dict[int, _LaneThread] = {}
         self._lock = threading.Lock()  # queued tokens and stats: touched by the lanes' threads too
         self.stats = EngineStats()
+        self._released_tokens, self._busy_s = 0, 0.0
 
     def submit(self, runtime: ChatRuntime, prompt: list[dict[str, str]] | list[int],
                params: GenerationParams) -> Stream:
         """Queue one reply (messages through the model's chat template, or token ids as they are);
         raises QueueFull past `generate_max_queued_tokens`."""
-        ids = runtime.prompt_ids(prompt) if prompt and isinstance(prompt[0], dict) else list(prompt)  # type: ignore[arg-type]
+        ids = _ids(runtime, prompt)
         stream = Stream(self)
-        seq = _Sequence(runtime, ids, params, runtime.adapter, stream._emit)  # type: ignore[arg-type]
+        seq = _Sequence(runtime, ids, params, runtime.adapter, stream._emit)
         stream.seq = seq
         with self._lock:
             limit = self.settings.generate_max_queued_tokens
@@ -568,14 +581,21 @@ class Engine:
         rate = self.stats.tokens_per_s
         return 1 if not rate else max(1, math.ceil(self.stats.queued_tokens / rate))
 
-    def _finished(self, seqs: list[_Sequence], elapsed_s: float) -> None:
+    def _finished(self, seqs: list[_Sequence], elapsed_s: float, batch: _Batch) -> None:
         with self._lock:
+            self.stats.peak_rows = max(self.stats.peak_rows, batch.peak_rows)
+            self.stats.peak_adapters = max(self.stats.peak_adapters, batch.peak_adapters)
             released = sum(s.reserved_tokens for s in seqs)
             self.stats.queued_tokens -= released
-            if seqs and elapsed_s > 0:
-                rate = released / elapsed_s
+            # The drain rate over at least half a second of decoding (steps that release nothing
+            # count too), smoothed: what Retry-After divides the queued tokens by.
+            self._released_tokens += released
+            self._busy_s += elapsed_s
+            if self._busy_s >= 0.5:
+                rate = self._released_tokens / self._busy_s
                 old = self.stats.tokens_per_s
-                self.stats.tokens_per_s = rate if old is None else 0.8 * old + 0.2 * rate
+                self.stats.tokens_per_s = rate if old is None else 0.7 * old + 0.3 * rate
+                self._released_tokens, self._busy_s = 0, 0.0
             for s in seqs:
                 self.stats.finished += 1
                 if s.reply is not None and s.reply.finish_reason == "cancelled":

@@ -17,6 +17,7 @@ import torch
 from core.serving.engine import Engine, GenerationParams, Reply, generate_many
 from core.serving.generation import ChatModels, ChatSpec
 from core.settings import Settings
+from tests.conftest import make_chat_adapter
 
 PROMPTS = [
     [{"role": "user", "content": "12시 땡!"}],
@@ -45,9 +46,11 @@ def runtime(models: ChatModels, tiny_chat_lm_dir: Path) -> Any:
 def _reference(model: Any, runtime: Any, ids: list[int], max_new_tokens: int) -> list[int]:
     """`model.generate` alone on one prompt (no padding): the one-at-a-time reply's tokens."""
     with torch.inference_mode():
-        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        out = model.generate(input_ids=torch.tensor([ids]),
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=runtime.eos_ids,
-                             pad_token_id=runtime.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+                             pad_token_id=runtime.tokenizer.pad_token_id, temperature=None, top_p=None,
+                             top_k=None)
     new = out[0, len(ids):].tolist()
     return [t for t in new if t not in runtime.eos_ids]
 
@@ -105,29 +108,18 @@ def test_a_seed_fixes_a_sampled_reply_whatever_its_batch(runtime: Any) -> None:
     [alone] = generate_many(runtime, PROMPTS[:1], sampled, _settings())
     batched = generate_many(runtime, PROMPTS, sampled, _settings())
     assert batched[0].text == alone.text
-    others = {generate_many(runtime, PROMPTS[:1], GenerationParams(max_new_tokens=20, temperature=1.0, seed=s),
-                            _settings())[0].text for s in range(4)}
+    others = {generate_many(runtime, PROMPTS[:1],
+                            GenerationParams(max_new_tokens=20, temperature=1.0, seed=s), _settings())[0].text
+              for s in range(4)}
     assert len(others) > 1  # the seed, not the model, decides: different seeds sample differently
-
-
-def _adapter(base_dir: Path, directory: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    # init_lora_weights=False: random B as well as A, so each adapter changes the replies.
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
-    peft_model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(directory)
-    return directory
 
 
 def test_adapters_of_one_base_share_a_batch(tiny_chat_lm_dir: Path, tmp_path: Path) -> None:
     models = ChatModels("cpu")
-    runtimes = [models.runtime(ChatSpec(model_id=f"lora{i}", path=_adapter(tiny_chat_lm_dir, tmp_path / f"a{i}", i),
-                                        adapter=True, base_path=str(tiny_chat_lm_dir))) for i in range(2)]
+    adapters = [make_chat_adapter(tiny_chat_lm_dir, tmp_path / f"a{i}", i) for i in range(2)]
+    base = str(tiny_chat_lm_dir)
+    runtimes = [models.runtime(ChatSpec(model_id=f"lora{i}", path=a, adapter=True, base_path=base))
+                for i, a in enumerate(adapters)]
     assert runtimes[0].base is runtimes[1].base
     params = GenerationParams(max_new_tokens=16)
     settings = _settings()
