@@ -416,19 +416,20 @@ def _ids(runtime: ChatRuntime, prompt: Sequence[dict[str, str]] | Sequence[int])
     return [int(t) for t in prompt]  # type: ignore[arg-type]
 
 
-def _adapter_of(runtime: ChatRuntime, base_only: bool) -> str | None:
-    return None if base_only else runtime.adapter
 
 
 def generate_many(runtime: ChatRuntime, prompts: Sequence[list[dict[str, str]] | list[int]],
-                  params: GenerationParams, settings: Settings, *, base_only: bool = False,
+                  params: GenerationParams, settings: Settings, *, base_only: bool | Sequence[bool] = False,
                   on_progress: Callable[[int, int], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> list[Reply]:
     """Replies to every prompt, in order, batched: sorted by length so rows of one batch pad little.
+    `base_only` (one flag, or one per prompt): the base's reply, its adapters off for that row.
     `on_progress(done, total)` after each finished reply; `should_stop()` between steps cancels
     the rest (their replies come back with finish_reason "cancelled")."""
     ids = [_ids(runtime, p) for p in prompts]
-    seqs = [_Sequence(runtime, i, params, _adapter_of(runtime, base_only)) for i in ids]
+    alone = [base_only] * len(ids) if isinstance(base_only, bool) else list(base_only)
+    seqs = [_Sequence(runtime, i, params, None if b else runtime.adapter)
+            for i, b in zip(ids, alone, strict=True)]
     lane = _Lane(runtime.base, settings)
     lane.waiting.extend(sorted(seqs, key=lambda s: len(s.prompt_ids)))
     done = 0
