@@ -26,9 +26,9 @@ def _dataset(directory: Path) -> Path:
     message_type = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     messages = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                 for q, a in zip(frame["Q"], frame["A"], strict=True)]
-    pq.write_table(pa.table({"row": pa.array([i + 2 for i in frame.index], pa.int64()),
-                             "text": pa.array(list(frame["Q"])), "messages": pa.array(messages, message_type)}),
-                   directory / "validation.parquet")
+    table = pa.table({"row": pa.array([i + 2 for i in frame.index], pa.int64()),
+                      "text": pa.array(list(frame["Q"])), "messages": pa.array(messages, message_type)})
+    pq.write_table(table, directory / "validation.parquet")
     return directory
 
 
@@ -84,7 +84,8 @@ def test_the_report_covers_the_whole_split_with_progress(chat_job: Any) -> None:
     assert progress and progress[-1].data["done"] == progress[-1].data["total"] == 2 * VALIDATION_ROWS
     assert all("eta_s" in e.data for e in progress)
     [summary] = _events(job_id, "comparison")
-    assert f"on {VALIDATION_ROWS} validation prompts" in summary.message and "s to generate" in summary.message
+    assert f"on {VALIDATION_ROWS} validation prompts" in summary.message
+    assert "s to generate" in summary.message
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.comparison["prompts"] == VALIDATION_ROWS
