@@ -109,9 +109,11 @@ class _Sequence:
         self.generator: torch.Generator | None = None
         self.generated: list[int] = []
         self.text = ""
+        self._prefix = self._read = 0
 
     def restart(self, device: torch.device) -> None:
         self.generated, self.text = [], ""
+        self._prefix = self._read = 0  # incremental detokenization offsets into `generated`
         if self.params.temperature > 0:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(self.seed)
@@ -133,17 +135,31 @@ class _Sequence:
         eos = token in self.runtime.eos_ids
         if not eos:
             self.generated.append(token)
-        text = self.runtime.tokenizer.decode(self.generated, skip_special_tokens=True)
-        cut = _first_stop(text, self.params.stop)
-        if cut is not None:
-            return self._finish(text[:cut], "stop")
+        if self.emit is not None or self.params.stop:  # the report needs the text only at the end
+            checked = len(self.text)
+            self._advance_text()
+            cut = _first_stop(self.text, self.params.stop, checked)
+            if cut is not None:
+                return self._finish(self.text[:cut], "stop")
         if eos:
-            return self._finish(text, "stop")
+            return self._finish(self._decoded(), "stop")
         if len(self.generated) >= self.params.max_new_tokens:
-            return self._finish(text, "length")
-        self.text = text
-        self._send(_stable_prefix(text, self.params.stop))
+            return self._finish(self._decoded(), "length")
+        self._send(_stable_prefix(self.text, self.params.stop))
         return False
+
+    def _decoded(self) -> str:
+        return str(self.runtime.tokenizer.decode(self.generated, skip_special_tokens=True))
+
+    def _advance_text(self) -> None:
+        """Incremental detokenization (as text-generation-inference does it): decode only the
+        tokens since the last whole character, so a step costs the same at token 5 and 500."""
+        decode = self.runtime.tokenizer.decode
+        before = decode(self.generated[self._prefix:self._read], skip_special_tokens=True)
+        after = decode(self.generated[self._prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):  # U+FFFD: a character cut in two
+            self.text += after[len(before):]
+            self._prefix, self._read = self._read, len(self.generated)
 
     def cancel_now(self) -> None:
         self._finish(self.text, "cancelled")
@@ -166,8 +182,9 @@ class _Sequence:
         return True
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    found = [i for s in stops if s and (i := text.find(s)) >= 0]
+def _first_stop(text: str, stops: Sequence[str], checked: int = 0) -> int | None:
+    """Where the first stop string starts; `checked`: text before it was already searched."""
+    found = [i for s in stops if s and (i := text.find(s, max(0, checked - len(s) + 1))) >= 0]
     return min(found) if found else None
 
 
