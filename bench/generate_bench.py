@@ -23,6 +23,7 @@ through a ChatML template. Greedy decoding everywhere; tokens/s = generated toke
     .venv/bin/python bench/generate_bench.py            # N=128, R=32, K=16, 64 new tokens
     .venv/bin/python bench/generate_bench.py --quick    # N=32, R=16, K=4, 32 new tokens
     .venv/bin/python bench/generate_bench.py --parts a --device cuda
+    .venv/bin/python bench/generate_bench.py --threads 1   # on a shared, loaded CPU (see BENCHMARKS.md)
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def part_a(model_dir: Path, n: int, new_tokens: int, device: str) -> dict[str, A
             max_new_tokens=new_tokens, do_sample=False, eos_token_id=runtime.eos_ids,
             pad_token_id=tokenizer.pad_token_id), progress_bar=False)
         sync()
-        tokens = sum(len([t for t in o.generated_tokens if t not in runtime.eos_ids]) for o in outputs.values())
+        tokens = sum(len([t for t in o.generated_tokens if t not in runtime.eos_ids])
+                     for o in outputs.values())
         results["hf-continuous"] = _rate(tokens, time.perf_counter() - started)
     except Exception as error:  # noqa: BLE001 - reported as the figure
         results["hf-continuous"] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
@@ -197,9 +199,10 @@ def part_a(model_dir: Path, n: int, new_tokens: int, device: str) -> dict[str, A
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     tokens = 0
     started = time.perf_counter()
-    for prompt in prompts:
-        out = generator(prompt, max_new_tokens=new_tokens, return_full_text=False, **greedy)
-        tokens += len(tokenizer(out[0]["generated_text"], add_special_tokens=False)["input_ids"])
+    for prompt, prompt_ids in zip(prompts, ids, strict=True):
+        out = generator(prompt, max_new_tokens=new_tokens, return_tensors=True, **greedy)
+        new = out[0]["generated_token_ids"][len(prompt_ids):]
+        tokens += len([t for t in new if t not in runtime.eos_ids])
     sync()
     results["pipeline"] = _rate(tokens, time.perf_counter() - started)
     engine_rate = results["engine"]["tokens_per_s"]
@@ -341,8 +344,9 @@ def part_c(model_dir: Path, work: Path, per_adapter: int, new_tokens: int, devic
 
     started = time.perf_counter()
     tokens = asyncio.run(mixed())
-    results: dict[str, Any] = {"adapters": 4, "prompts_per_adapter": per_adapter, "max_new_tokens": new_tokens,
-                               "mixed": _rate(tokens, time.perf_counter() - started)}
+    elapsed = time.perf_counter() - started
+    results: dict[str, Any] = {"adapters": 4, "prompts_per_adapter": per_adapter,
+                               "max_new_tokens": new_tokens, "mixed": _rate(tokens, elapsed)}
     started = time.perf_counter()
     tokens = sum(r.completion_tokens for rt in runtimes for r in generate_many(rt, ids, params, settings))
     results["per-adapter"] = _rate(tokens, time.perf_counter() - started)
@@ -360,17 +364,24 @@ def part_c(model_dir: Path, work: Path, per_adapter: int, new_tokens: int, devic
                 tokens += len([t for t in out[0, len(prompt):].tolist() if t not in rt.eos_ids])
     results["one-by-one"] = _rate(tokens, time.perf_counter() - started)
     rate = results["mixed"]["tokens_per_s"]
-    results["mixed_vs"] = {p: round(rate / results[p]["tokens_per_s"], 2) for p in ("per-adapter", "one-by-one")}
+    results["mixed_vs"] = {p: round(rate / results[p]["tokens_per_s"], 2)
+                           for p in ("per-adapter", "one-by-one")}
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts: a smoke run of every part")
     parser.add_argument("--parts", default="a,b,c")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads here and in the API process (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        # Read by torch when it loads, here and in the API process part b starts.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     n, requests, per_adapter, new_tokens = (32, 16, 4, 32) if args.quick else (128, 32, 16, 64)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -94,6 +94,9 @@ def _check_conversation(request: GenerateRequest, settings: Settings) -> None:
 def _load(gens: Generations, model_id: str, path: Path) -> Any:
     from core.serving.generation import read_spec
 
+    found = gens.models().cached(model_id)
+    if found is not None:
+        return found
     if not path.is_dir():
         raise HTTPException(409, f"the files of model {model_id!r} are missing; it cannot be served")
     return gens.models().runtime(read_spec(model_id, path))
@@ -115,8 +118,7 @@ async def submit(gens: Generations, model_id: str, path: Path, messages: list[di
     from core.serving.engine import QueueFull
 
     settings = gens.settings
-    runtime = await run_in_threadpool(_load, gens, model_id, path)
-    ids = await run_in_threadpool(runtime.prompt_ids, messages)
+    runtime, ids = await run_in_threadpool(_load_and_template, gens, model_id, path, messages)
     if len(ids) > settings.generate_max_prompt_tokens:
         raise HTTPException(422, f"the conversation is {len(ids)} tokens after the chat template; the "
                                  f"limit is {settings.generate_max_prompt_tokens} "
@@ -125,6 +127,13 @@ async def submit(gens: Generations, model_id: str, path: Path, messages: list[di
         return gens.engine().submit(runtime, ids, params)
     except QueueFull as full:
         raise HTTPException(429, str(full), headers={"Retry-After": str(full.retry_after_s)}) from None
+
+
+def _load_and_template(gens: Generations, model_id: str, path: Path, messages: list[dict[str, str]]
+                       ) -> tuple[Any, list[int]]:
+    """One thread hop for both: under load each hop waits for the event loop again."""
+    runtime = _load(gens, model_id, path)
+    return runtime, runtime.prompt_ids(messages)
 
 
 @router.post(

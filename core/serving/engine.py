@@ -478,9 +478,14 @@ class Stream:
         self.seq: _Sequence | None = seq
         self.reply: Reply | None = None
         self.first_token_at: float | None = None
+        self._outbox: list[tuple[Stream, str, Any]] | None = None  # its lane's, set by submit()
 
-    def _emit(self, kind: str, value: Any) -> None:  # the lane's thread
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+    def _emit(self, kind: str, value: Any) -> None:  # the lane's thread: delivered after its step
+        assert self._outbox is not None
+        self._outbox.append((self, kind, value))
+
+    def _deliver(self, kind: str, value: Any) -> None:  # the event loop's thread
+        self._queue.put_nowait((kind, value))
 
     def cancel(self) -> None:
         """Stop decoding this sequence (the client is gone); its slot is free at the next step."""
@@ -516,12 +521,20 @@ class Stream:
         return self.reply
 
 
+def _deliver_all(items: list[tuple[Stream, str, Any]]) -> None:
+    for stream, kind, value in items:
+        stream._deliver(kind, value)
+
+
 class _LaneThread:
     def __init__(self, engine: Engine, base: LoadedBase) -> None:
         self.lane = _Lane(base, engine.settings)
         self.engine = engine
         self.wakeup = threading.Condition()
         self.closed = False
+        # What the step's sequences emitted, handed to the event loop in one call per step: one
+        # wake-up of the loop for all rows rather than one per row and token.
+        self.outbox: list[tuple[Stream, str, Any]] = []
         self.thread = threading.Thread(target=self._run, name=f"tuneserve-generate-{id(base):x}", daemon=True)
         self.thread.start()
 
@@ -548,7 +561,23 @@ class _LaneThread:
                 self.lane.run_once()
             except Exception:  # run_once failed its rows; the lane keeps serving the others
                 log.exception("generation failed on %s", self.lane.base.path)
+            self._flush()
+            # Hand the GIL over between steps: the event loop streams the pieces this step
+            # made and admits new requests, which otherwise wait for the interpreter's
+            # 5 ms switch interval after every step.
+            time.sleep(0)
             self.engine._finished(self.lane.take_finished(), time.perf_counter() - started, self.lane.batch)
+
+    def _flush(self) -> None:
+        items, self.outbox[:] = list(self.outbox), []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, str, Any]]] = {}
+        for item in items:
+            by_loop.setdefault(item[0]._loop, []).append(item)
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, batch)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                pass
 
     def close(self) -> None:
         with self.wakeup:
@@ -592,6 +621,7 @@ class Engine:
             lane = self._lanes.get(id(runtime.base))
             if lane is None:
                 lane = self._lanes[id(runtime.base)] = _LaneThread(self, runtime.base)
+        stream._outbox = lane.outbox
         lane.put(seq)
         return stream
 

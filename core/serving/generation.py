@@ -129,6 +129,10 @@ class ChatModels:
         self._runtimes: dict[str, ChatRuntime] = {}
         self._lock = threading.Lock()
 
+    def cached(self, model_id: str) -> ChatRuntime | None:
+        """The loaded runtime of a model, or None (no file is read)."""
+        return self._runtimes.get(model_id)
+
     def runtime(self, spec: ChatSpec) -> ChatRuntime:
         with self._lock:
             found = self._runtimes.get(spec.model_id)
