@@ -26,7 +26,7 @@ from core.settings import Settings, get_settings
 
 DEFAULT_MAX_NEW_TOKENS = 256
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated],
-                   responses=errors(400, 401, 404, 409, 413, 422, 429))
+                   responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
 
 class Generations:
@@ -52,8 +52,13 @@ class Generations:
         return self._engine
 
     def evict(self, model_id: str) -> None:
-        if self._models is not None:
-            self._models.evict(model_id)
+        if self._models is None:
+            return
+        runtime = self._models.cached(model_id)
+        self._models.evict(model_id)
+        unloaded = runtime is not None and runtime.base.path not in self._models.loaded_bases()
+        if unloaded and self._engine is not None:
+            self._engine.forget_base(runtime.base)  # its decoding thread ends once idle
 
     async def aclose(self) -> None:
         if self._engine is not None:
@@ -152,8 +157,12 @@ async def generate(body: GenerateRequest, request: Request, principal: Principal
     stream = await submit(gens, model_id, path, [m.model_dump() for m in body.messages], _params(body))
     if body.stream:
         return EventSourceResponse(_events(stream, model_id))
+    from core.serving.engine import GenerationOutOfMemory
+
     try:
         reply = await stream.text()
+    except GenerationOutOfMemory as error:
+        raise HTTPException(503, f"{error}; send a shorter conversation or a lower max_new_tokens") from None
     finally:
         stream.cancel()  # the client left before the reply was whole: stop decoding it
     return _response(model_id, reply)

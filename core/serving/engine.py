@@ -532,6 +532,7 @@ class _LaneThread:
         self.engine = engine
         self.wakeup = threading.Condition()
         self.closed = False
+        self.retiring = False  # its base was unloaded: end once the queued sequences are answered
         # What the step's sequences emitted, handed to the event loop in one call per step: one
         # wake-up of the loop for all rows rather than one per row and token.
         self.outbox: list[tuple[Stream, str, Any]] = []
@@ -547,9 +548,9 @@ class _LaneThread:
         max_wait_s = self.engine.settings.generate_max_wait_ms / 1000
         while True:
             with self.wakeup:
-                while not self.lane.busy() and not self.closed:
+                while not self.lane.busy() and not self.closed and not self.retiring:
                     self.wakeup.wait()
-                if self.closed:
+                if self.closed or (self.retiring and not self.lane.busy()):
                     return
                 if not self.lane.batch.rows:
                     # Idle until now: wait a moment for the requests sent together with this one.
@@ -654,8 +655,10 @@ class Engine:
         """The base was unloaded: its lane ends once idle (requests already queued are answered)."""
         with self._lock:
             lane = self._lanes.pop(id(base), None)
-        if lane is not None and not lane.lane.busy():
-            lane.close()
+        if lane is not None:
+            with lane.wakeup:
+                lane.retiring = True
+                lane.wakeup.notify()
 
     async def aclose(self) -> None:
         with self._lock:
