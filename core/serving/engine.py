@@ -212,6 +212,7 @@ class _Batch:
         self.left: list[_Sequence] = []  # finished rows taken out of the batch, for the lane to collect
         self.peak_rows = 0      # the most rows, and distinct adapters, one forward has decoded
         self.peak_adapters = 0
+        self.joins = 0          # prefills joined to an already running batch
         self.cache: Any = None
         self.mask = torch.empty(0)
         self.positions = torch.empty(0)
@@ -292,6 +293,7 @@ class _Batch:
         self.mask = torch.cat([left_pad(self.mask, 1), left_pad(mask, 1)])
         self.positions = torch.cat([self.positions, positions])
         self.rows.extend(seqs)
+        self.joins += 1
 
     def can_merge(self) -> bool:
         """Joining a running batch edits the cache's tensors: only plain (full attention) layers."""
@@ -594,6 +596,7 @@ class EngineStats:
     tokens_per_s: float | None = None     # reserved tokens released per second of decoding, smoothed
     peak_rows: int = 0                    # the most rows one decoding step has run
     peak_adapters: int = 0                # the most distinct adapters (the base alone counts) in one step
+    joins: int = 0                        # prefills joined to a running batch (the busiest lane's)
     last_cancelled: list[Reply] = field(default_factory=list)
 
 
@@ -634,6 +637,7 @@ class Engine:
         with self._lock:
             self.stats.peak_rows = max(self.stats.peak_rows, batch.peak_rows)
             self.stats.peak_adapters = max(self.stats.peak_adapters, batch.peak_adapters)
+            self.stats.joins = max(self.stats.joins, batch.joins)
             released = sum(s.reserved_tokens for s in seqs)
             self.stats.queued_tokens -= released
             # The drain rate over at least half a second of decoding (steps that release nothing

@@ -76,6 +76,27 @@ def test_batched_greedy_equals_one_at_a_time(runtime: Any, rows: int) -> None:
         assert reply.finish_reason == ("length" if len(expected) == 24 else "stop")
 
 
+def test_sequences_joining_a_running_batch_decode_as_alone(runtime: Any) -> None:
+    """Rows of different lengths leave at different steps and the waiting ones join the running
+    batch (their cache left-padded to its width): each reply is still the one-at-a-time reply."""
+    lengths = [5, 24, 9, 17, 3, 12]
+
+    async def run() -> tuple[list[Reply], int]:
+        engine = Engine(_settings(generate_max_batch_rows=3))
+        streams = [engine.submit(runtime, p, GenerationParams(max_new_tokens=n))
+                   for p, n in zip(PROMPTS, lengths, strict=True)]
+        replies = [await s.text() for s in streams]
+        await engine.aclose()
+        return replies, engine.stats.joins
+
+    replies, joins = asyncio.run(run())
+    assert joins >= 2  # newcomers did join running batches
+    for prompt, n, reply in zip(PROMPTS, lengths, replies, strict=True):
+        expected = _reference(runtime.base.model, runtime, runtime.prompt_ids(prompt), n)
+        assert reply.text == runtime.tokenizer.decode(expected, skip_special_tokens=True), (n, reply)
+        assert reply.completion_tokens == len(expected)
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_the_replies(runtime: Any,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     params = GenerationParams(max_new_tokens=16)
