@@ -3,6 +3,11 @@
 Streamed wire format (FastAPI's SSE encoding): `event: token` with JSON `{"text": piece}` as
 pieces are decoded, then `event: done` with the same body as a plain reply minus nothing (the
 full message, usage, finish_reason); `event: error` with `{"detail"}` if generation fails.
+
+Every request is decoded by the one generation engine (core/serving/engine.py): concurrent
+requests for one base, its LoRA adapters included, share a batch, and a client that disconnects
+stops its sequence before the next decoding step. `submit()` below (load, prompt-length check,
+queue) is what the OpenAI-compatible chat route calls too.
 """
 
 from __future__ import annotations
