@@ -383,12 +383,16 @@ class _Lane:
             joining.append(self.waiting.popleft())
         return joining
 
-    def run_once(self) -> None:
+    def run_once(self, after_prefill: Callable[[], None] | None = None) -> None:
+        """`after_prefill`: called once joining sequences have their first token, before the
+        step of the whole batch (the server streams those first tokens at once)."""
         joining = self._admit()
         try:
             with torch.inference_mode(), self.base.lock:
                 if joining:
                     self.batch.add(joining)
+                    if after_prefill is not None:
+                        after_prefill()
                 self.batch.step()
                 self.batch.drop_finished()
         except torch.OutOfMemoryError as error:
@@ -561,7 +565,7 @@ class _LaneThread:
                         self.wakeup.wait(remaining)
             started = time.perf_counter()
             try:
-                self.lane.run_once()
+                self.lane.run_once(after_prefill=self._flush)
             except Exception:  # run_once failed its rows; the lane keeps serving the others
                 log.exception("generation failed on %s", self.lane.base.path)
             self._flush()
