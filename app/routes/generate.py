@@ -6,8 +6,8 @@ full message, usage, finish_reason); `event: error` with `{"detail"}` if generat
 
 Every request is decoded by the one generation engine (core/serving/engine.py): concurrent
 requests for one base, its LoRA adapters included, share a batch, and a client that disconnects
-stops its sequence before the next decoding step. `submit()` below (load, prompt-length check,
-queue) is what the OpenAI-compatible chat route calls too.
+stops its sequence before the next decoding step. `start_reply()` below (lookup, load, prompt-length
+check, queue) is what the OpenAI-compatible chat route calls too.
 """
 
 from __future__ import annotations
@@ -120,11 +120,23 @@ def _params(body: GenerateRequest) -> Any:
                             top_p=body.top_p, stop=tuple(body.stop), seed=body.seed)
 
 
+async def start_reply(request: Request, principal: Principal, model_id: str,
+                      messages: list[dict[str, str]], params: Any) -> Any:
+    """The one entry for a chat reply over HTTP (/generate and the OpenAI-compatible chat route):
+    the caller's model looked up (404, 422 for a classifier), loaded if needed (409 when its
+    files are missing), the prompt's length checked (422) and the reply queued on the engine
+    (429 with Retry-After). Returns a core.serving.engine.Stream: `async for piece in stream`,
+    then `stream.reply`; `stream.cancel()` when the client goes away. The errors are
+    HTTPException with the native `detail`: a route with another error format converts them.
+    `params`: core.serving.engine.GenerationParams, within the caller's checked limits."""
+    found_id, path = await run_in_threadpool(_chat_model_or_4xx, model_id, principal)
+    return await submit(generations(request), found_id, path, messages, params)
+
+
 async def submit(gens: Generations, model_id: str, path: Path, messages: list[dict[str, str]],
                  params: Any) -> Any:
     """Load the model if needed, check the prompt's length and queue it on the engine: the
-    stream of its reply (core.serving.engine.Stream). 409/422/429 as HTTPException. The
-    OpenAI-compatible chat route calls this too."""
+    stream of its reply (core.serving.engine.Stream). 409/422/429 as HTTPException."""
     from core.serving.engine import QueueFull
 
     settings = gens.settings
@@ -156,10 +168,10 @@ def _load_and_template(gens: Generations, model_id: str, path: Path, messages: l
 )
 async def generate(body: GenerateRequest, request: Request, principal: PrincipalDep) -> Any:
     """The assistant's reply to `messages` from a tuned chat model (LoRA adapters share their base)."""
-    gens = generations(request)
-    _check_conversation(body, gens.settings)
-    model_id, path = await run_in_threadpool(_chat_model_or_4xx, body.model_id, principal)
-    stream = await submit(gens, model_id, path, [m.model_dump() for m in body.messages], _params(body))
+    _check_conversation(body, generations(request).settings)
+    messages = [m.model_dump() for m in body.messages]
+    stream = await start_reply(request, principal, body.model_id, messages, _params(body))
+    model_id = body.model_id
     if body.stream:
         return EventSourceResponse(_events(stream, model_id))
     from core.serving.engine import GenerationOutOfMemory
