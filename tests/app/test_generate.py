@@ -80,6 +80,25 @@ def test_limits_answer_422_and_429_naming_the_setting(chat_api: Any) -> None:
     assert after.status_code == 200, after.text
 
 
+def test_seed_and_stop_per_request(chat_api: Any) -> None:
+    app, model_id = chat_api
+    user = [{"role": "user", "content": "12시 땡!"}]
+    sampled = {"model_id": model_id, "messages": user, "max_new_tokens": 16, "temperature": 1.0, "seed": 11}
+    # One at a time: this app's queue holds 100 tokens (one request).
+    greedy_payload = {**sampled, "temperature": 0}
+    [first], [again], [greedy] = (_post_all(app, [p]) for p in (sampled, sampled, greedy_payload))
+    assert first.status_code == again.status_code == greedy.status_code == 200, first.text
+    assert first.json()["message"]["content"] == again.json()["message"]["content"]  # the seed decides
+    text = greedy.json()["message"]["content"]
+    assert len(text) > 3, text
+    stop = text[2:4]
+    [stopped] = _post_all(app, [{**sampled, "temperature": 0, "stop": [stop]}])
+    assert stopped.json()["message"]["content"] == text[:text.index(stop)]
+    assert stopped.json()["finish_reason"] == "stop"
+    [bad] = _post_all(app, [{**sampled, "stop": [""]}])
+    assert bad.status_code == 422  # an empty stop string would end every reply at once
+
+
 def test_conversation_errors_name_the_problem(chat_api: Any) -> None:
     app, model_id = chat_api
     ends_with_answer = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
