@@ -35,6 +35,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await app.state.predictor.aclose()
+        generations = getattr(app.state, "generations", None)
+        if generations is not None:
+            await generations.aclose()  # the decoding threads end with the app
 
 
 def _sweep_orphans(settings: Settings) -> None:

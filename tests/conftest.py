@@ -229,6 +229,26 @@ def make_tiny_chat_lm(directory: Path, seed: int = 0, chat_template: str | None 
     return directory
 
 
+def make_chat_adapter(base_dir: Path, directory: Path, seed: int) -> Path:
+    """A random LoRA adapter (q/v_proj) of the tiny chat Llama, its tokenizer beside it, and the
+    tuneserve.json a finished LoRA chat job writes (base_model: the base's directory)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.store import write_model_meta
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    # init_lora_weights=False: random B as well as A, so each adapter changes the replies.
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(directory)
+    write_model_meta(directory, {"task": "chat", "base_model": str(base_dir), "adapter": True})
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_chat_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_chat_lm(tmp_path_factory.mktemp("tiny-chat-lm"))

@@ -13,8 +13,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.db import session_scope, write_with_retry
+from core.events import add_event, json_safe
 from core.jobstate import JobState
-from core.tables import Checkpoint, Job, JobEvent, MetricPoint
+from core.tables import Checkpoint, Job, MetricPoint
 from worker.job.claim import LeaseKeeper
 from worker.job.stop import stop_requested
 from worker.job.tensorboard import TensorBoardLog
@@ -26,28 +27,6 @@ _PROGRESS_FIELDS = {
     "step", "total_steps", "epoch", "micro_batch_size", "grad_accum_steps", "eval_batch_size",
     "eta_s", "peak_memory_mb", "device", "best_metric_name", "best_metric", "progress",
 }
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON; PostgreSQL's JSON type refuses them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return json_safe(value.item())
-    return value
-
-
-def event_row(job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> JobEvent:
-    return JobEvent(job_id=job_id, kind=kind, message=message, data=json_safe(data))
-
-
-def add_event(job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-    write_with_retry(lambda session: session.add(event_row(job_id, kind, message, data)),
-                     what=f"job {job_id}: event {kind}")
 
 
 class SqlSink:

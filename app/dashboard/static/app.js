@@ -1,6 +1,7 @@
 // tuneserve dashboard: a client of the JSON API, like the CLI. No framework, no CDN.
 // Pages (the URL hash): #/ overview, #/jobs/<id> a job with live curves, #/datasets/<id> a
-// dataset with its validation report, #/experiments/<id> an experiment's jobs and leaderboard.
+// dataset with its validation report, #/experiments/<id> an experiment's jobs and leaderboard,
+// #/models/<id> a chat model's playground (chat.js, which also draws a chat job's report).
 // Every value from the server goes into the page as text (textContent), never as HTML.
 "use strict";
 
@@ -273,7 +274,7 @@ async function overviewPage() {
         : h("p", { class: "muted" }, "No datasets yet: upload one with `tuneserve datasets upload`.")),
     h("section", { "aria-labelledby": "models-h" }, h("h2", { id: "models-h" }, `Models (${models.count})`),
       models.data.length ? table(null, ["model", "task", "base model", "labels", "job", "created"],
-        models.data.map((m) => [h("span", { class: "mono" }, m.id), m.task, m.base_model, fmt(m.labels),
+        models.data.map((m) => [m.task === "chat" ? link(`#/models/${m.id}`, m.id) : h("span", { class: "mono" }, m.id), m.task, m.base_model, fmt(m.labels),
           m.job_id ? link(`#/jobs/${m.job_id}`, m.job_id) : "–", when(m.created_at)]), { text: ["base model"] })
         : h("p", { class: "muted" }, "No tuned models yet.")));
   // Keep the list current while something is queued or running.
@@ -376,6 +377,7 @@ function jobSections(state) {
     h("ol", { class: "events", tabindex: "0", "aria-label": "job events, oldest first" }, events.map((e) =>
       h("li", {}, h("span", { class: "muted mono" }, when(e.time).slice(11)), h("span", { class: "kind" }, e.kind),
         h("span", { class: "msg" }, e.message)))));
+  if (job.task === "chat") return [status, charts, batch, chatReportSection(job, metrics.comparison), log];
   return [status, charts, batch, confusion, comparison, log];
 }
 
@@ -600,8 +602,9 @@ let current = null;
 async function route({ refresh = false } = {}) {
   if (current) current.stop();
   current = null;
-  const match = (location.hash || "#/").match(/^#\/(jobs|datasets|experiments)\/([\w.-]+)$/);
-  const pages = { jobs: jobPage, datasets: datasetPage, experiments: experimentPage };
+  const match = (location.hash || "#/").match(/^#\/(jobs|datasets|experiments|models)\/([\w.-]+)(?:\?(.*))?$/);
+  const pages = { jobs: jobPage, datasets: datasetPage, experiments: experimentPage,
+                  models: (id) => chatModelPage(id, new URLSearchParams(match[3] || "")) };
   try {
     current = match ? await pages[match[1]](match[2]) : await overviewPage();
     const heading = main().querySelector("h1");
