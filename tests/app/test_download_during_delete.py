@@ -53,7 +53,8 @@ def test_a_download_survives_a_delete_that_lands_mid_stream(settings: Any, base_
     model_id = register_model(settings)
     directory = settings.models_dir / "models" / model_id
     (directory / PADDING_NAME).write_bytes(os.urandom(PADDING_BYTES))
-    expected = {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    expected = {p.relative_to(directory).as_posix(): p.read_bytes()
+                for p in directory.rglob("*") if p.is_file()}
 
     with httpx.Client(base_url=base_url, timeout=60) as client:
         with client.stream("GET", f"/models/{model_id}/download") as resp:
