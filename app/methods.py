@@ -33,18 +33,18 @@ class MethodsAllowed:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        methods = allowed_methods(self.routes, scope)
-        allow = ", ".join(methods).encode()
-        if scope["method"] == "OPTIONS" and methods:
+        if scope["method"] == "OPTIONS" and (methods := allowed_methods(self.routes, scope)):
             await send({"type": "http.response.start", "status": 204,
-                        "headers": [(b"allow", allow), (b"content-length", b"0")]})
+                        "headers": [(b"allow", ", ".join(methods).encode()), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
 
         async def send_with_allow(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 405 and methods:
+            # Matched only for a 405: other requests (/predict's many) pay nothing here.
+            if message["type"] == "http.response.start" and message["status"] == 405 and (
+                    methods := allowed_methods(self.routes, scope)):
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
-                message = {**message, "headers": [*headers, (b"allow", allow)]}
+                message = {**message, "headers": [*headers, (b"allow", ", ".join(methods).encode())]}
             await send(message)
 
         await self.app(scope, receive, send_with_allow)
