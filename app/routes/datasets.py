@@ -74,10 +74,13 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimi
 FileField = Annotated[UploadFile | None, File()]
 # What _options accepts, as patterns the OpenAPI document states and the route checks first, so
 # the two cannot disagree: blank (the default), else a task name, a fraction strictly between 0
-# and 1 (at most 15 decimals: more round to 1.0), a seed from 0 to 2**32 - 1.
+# and 1 (at most 15 decimals: more can round to 1.0), a seed from 0 to 2**32 - 1.
 _BLANK = "[ \\t]*"
 TASK_PATTERN = f"^{_BLANK}(?:{'|'.join(TASKS)})?{_BLANK}$"
-SPLIT_PATTERN = f"^{_BLANK}(?:0?\\.(?=[0-9]*[1-9])[0-9]{{1,15}})?{_BLANK}$"
+SPLIT_PATTERN = (f"^{_BLANK}(?:0?\\.(?=[0-9]*[1-9])[0-9]{{1,15}}"  # 0.2, .05
+                 # 1e-05, as Python writes a float below 1e-4 (the CLI sends str(float))
+                 "|[1-9](?:\\.[0-9]{1,14})?[eE]-0?(?:[1-9]|[1-9][0-9]|[12][0-9]{2}|300)"
+                 f")?{_BLANK}$")
 SEED_PATTERN = (f"^{_BLANK}(?:0*(?:[0-9]{{1,9}}|[1-3][0-9]{{9}}|4[01][0-9]{{8}}|42[0-8][0-9]{{7}}"
                 "|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[01][0-9]{2}"
                 f"|42949672[0-8][0-9]|429496729[0-5]))?{_BLANK}$")

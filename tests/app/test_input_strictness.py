@@ -190,3 +190,22 @@ def test_the_document_states_the_limits_the_routes_enforce(
         assert schemas["PredictRequest"]["properties"]["texts"]["items"]["pattern"] == "^[^\\u0000]*$"
     assert json.dumps(rule)  # the document stays plain JSON
     assert _rows(Dataset) == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("form", "status"), [
+    ({"validation_split": "0.25", "seed": "7", "task": " single_label "}, 201),
+    ({"validation_split": "2.5e-01", "seed": "4294967295"}, 201),  # str(float) as the CLI sends it
+    ({"validation_split": "0.2e0"}, 422), ({"validation_split": "1_0"}, 422),
+    ({"seed": "4294967296"}, 422), ({"seed": "1_000"}, 422), ({"task": "\u2003chat"}, 422),
+])
+def test_upload_form_fields_are_read_as_the_document_states(client: Any, form: dict[str, str],
+                                                            status: int) -> None:
+    """The route checks the very patterns the document gives, so the two cannot disagree."""
+    from app.routes.datasets import SEED_PATTERN, SPLIT_PATTERN, TASK_PATTERN
+
+    fields = client.get("/openapi.json").json()["components"]["schemas"]["Body_create_dataset_datasets_post"]
+    assert [fields["properties"][f]["pattern"] for f in ("validation_split", "seed", "task")] == [
+        SPLIT_PATTERN, SEED_PATTERN, TASK_PATTERN]
+    resp = upload(client, ROWS.encode(), "ok.csv", **form)
+    assert resp.status_code == status, resp.text
