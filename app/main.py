@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from app import dashboard
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
+from app.methods import MethodsAllowed
+from app.openapi import install_documented_limits
 from app.routes import datasets, events, experiments, generate, health, jobs, models, predict, predict_file
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
@@ -60,9 +62,11 @@ def create_app() -> FastAPI:
         app.include_router(module.router)
     dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)
+    app.add_middleware(MethodsAllowed, routes=app.router.routes)
     # Added last, so it runs first: it sees the 413s and 401s the others answer too.
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
+    install_documented_limits(app)
     return app
 
 

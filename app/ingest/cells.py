@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from app.jsondepth import JsonTooDeep, loads_bounded
+
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 # Chat dialects: OpenAI-style role/content and ShareGPT-style from/value.
@@ -123,7 +125,7 @@ def _maybe_json(value: Any) -> Any:
     """Chat turns stored as a JSON string in a CSV cell."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+            return loads_bounded(value, "a cell")
+        except (json.JSONDecodeError, JsonTooDeep):
+            return value  # not chat turns: the caller says what it expected
     return value

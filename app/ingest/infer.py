@@ -50,6 +50,10 @@ class Profile:
     numeric: bool
     binary_share: float  # share of non-empty values that read as 0/1
     messages: bool
+    # Cells that are objects (a Parquet struct or map, a JSON object) or lists (not chat turns):
+    # as text they would be Python's repr of the value, so they are never a text column.
+    objects: bool = False
+    lists: bool = False
 
     @property
     def binary(self) -> bool:
@@ -63,21 +67,24 @@ class Profile:
 
     @property
     def text_like(self) -> bool:
-        return self.non_empty > 0 and not (self.numeric or self.binary or self.messages)
+        return self.non_empty > 0 and not (self.numeric or self.binary or self.messages or self.objects
+                                           or self.lists)
 
 
 def profile(series: pd.Series) -> Profile:
     values = series.iloc[:PROFILE_ROWS].tolist()
     if any(cells.looks_like_messages(v) for v in values[:50]):
         return Profile(len(values), 0, 0.0, False, 0.0, True)
+    objects = any(isinstance(v, dict) for v in values)
+    lists = any(cells.is_sequence(v) for v in values)
     texts = [t for t in (cells.as_text(v) if not cells.is_sequence(v) else ",".join(map(str, v))
                          for v in values) if t is not None]
     if not texts:
-        return Profile(0, 0, 0.0, False, 0.0, False)
+        return Profile(0, 0, 0.0, False, 0.0, False, objects, lists)
     numeric = all(_is_number(t) for t in texts)
     binary_share = sum(cells.binary_flag(t) is not None for t in texts) / len(texts)
     mean_chars = sum(map(len, texts)) / len(texts)
-    return Profile(len(texts), len(set(texts)), mean_chars, numeric, binary_share, False)
+    return Profile(len(texts), len(set(texts)), mean_chars, numeric, binary_share, False, objects, lists)
 
 
 def _is_number(text: str) -> bool:
@@ -141,11 +148,39 @@ def plan_columns(
         inf.require(text_column, "text_column")
     for column in label_columns:
         inf.require(column, "label_column")
+    _check_named(inf, text_column, label_columns)
     if task == "chat" or (task is None and not text_column and not label_columns):
         plan = _plan_chat(inf, task, text_column, label_columns)
         if plan is not None:
             return plan
     return _plan_classification(inf, task, text_column, label_columns)
+
+
+def _check_named(inf: Inference, text_column: str | None, label_columns: list[str]) -> None:
+    """Columns the request names that cannot serve as named: one column as both text and
+    label (the model would read its answer), or cells that are objects or lists, not text."""
+    if text_column and text_column in label_columns:
+        raise IngestError(
+            f"column {text_column!r} is named as both text_column and label_column: the model would "
+            f"be shown the label as its input. Name the text column and the label column apart; the "
+            f"file has {inf.listing()}"
+        )
+    if text_column and not inf.profile(text_column).messages and (
+            inf.profile(text_column).objects or inf.profile(text_column).lists):
+        kind = "objects (a Parquet struct or map, or JSON objects)" if inf.profile(text_column).objects \
+            else "lists"
+        raise IngestError(
+            f"column {text_column!r} named in text_column holds {kind}, not text: stored as text they "
+            "would be Python's spelling of the value. Name a column of plain text, or flatten the "
+            "value into a string column before uploading"
+        )
+    for column in label_columns:
+        if inf.profile(column).objects:
+            raise IngestError(
+                f"column {column!r} named in label_column holds objects (a Parquet struct or map, or "
+                "JSON objects), not label names: name a column of labels (a list of names is fine for "
+                "multi_label)"
+            )
 
 
 def _plan_chat(inf: Inference, task: str | None, text_column: str | None,

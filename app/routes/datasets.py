@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
 from app.ingest.upload import SavedUpload, save_upload
 from app.limits import UploadLimitRoute, upload_too_large
-from app.schemas.common import DatasetIdPath, Limit, Offset, errors, reject_unstorable
+from app.schemas.common import NO_NUL_PATTERN, DatasetIdPath, Limit, Offset, errors, reject_unstorable
 from app.schemas.datasets import DatasetDetail, DatasetPublic, DatasetsPublic
 from core.settings import Settings
 from core.tables import Dataset, new_id
@@ -28,16 +29,33 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimi
                    dependencies=[Authenticated], responses=errors(400, 401, 404, 409, 413, 422))
 
 FileField = Annotated[UploadFile | None, File()]
+# What _options accepts, as patterns the OpenAPI document states and the route checks first, so
+# the two cannot disagree: blank (the default), else a task name, a fraction strictly between 0
+# and 1 (at most 15 decimals: more can round to 1.0), a seed from 0 to 2**32 - 1.
+_BLANK = "[ \\t]*"
+TASK_PATTERN = f"^{_BLANK}(?:{'|'.join(TASKS)})?{_BLANK}$"
+SPLIT_PATTERN = (f"^{_BLANK}(?:0?\\.(?=[0-9]*[1-9])[0-9]{{1,15}}"  # 0.2, .05
+                 # 1e-05, as Python writes a float below 1e-4 (the CLI sends str(float))
+                 "|[1-9](?:\\.[0-9]{1,14})?[eE]-0?(?:[1-9]|[1-9][0-9]|[12][0-9]{2}|300)"
+                 f")?{_BLANK}$")
+SEED_PATTERN = (f"^{_BLANK}(?:0*(?:[0-9]{{1,9}}|[1-3][0-9]{{9}}|4[01][0-9]{{8}}|42[0-8][0-9]{{7}}"
+                "|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[01][0-9]{2}"
+                f"|42949672[0-8][0-9]|429496729[0-5]))?{_BLANK}$")
+_TEXT = {"pattern": NO_NUL_PATTERN}
 # Form fields are bounded like JSON fields: column names and labels end up in SQL rows.
-NameField = Annotated[str | None, Form(max_length=255, description="Defaults to the file name.")]
-TaskField = Annotated[str | None, Form(max_length=32,
+NameField = Annotated[str | None, Form(max_length=255, description="Defaults to the file name.",
+                                       json_schema_extra=_TEXT)]
+TaskField = Annotated[str | None, Form(max_length=32, json_schema_extra={"pattern": TASK_PATTERN},
                                        description="single_label, multi_label or chat; inferred if absent.")]
-TextColumnField = Annotated[str | None, Form(max_length=1000, description="Inferred if absent.")]
+TextColumnField = Annotated[str | None, Form(max_length=1000, description="Inferred if absent.",
+                                             json_schema_extra=_TEXT)]
 LabelColumnField = Annotated[str | None, Form(
-    max_length=10_000, description="One column, or several comma-separated 0/1 columns (one per label).")]
-SplitField = Annotated[str | None, Form(max_length=32,
+    max_length=10_000, description="One column, or several comma-separated 0/1 columns (one per label).",
+    json_schema_extra=_TEXT)]
+SplitField = Annotated[str | None, Form(max_length=32, json_schema_extra={"pattern": SPLIT_PATTERN},
                                         description="Fraction held out when no validation_file; 0.2.")]
-SeedField = Annotated[str | None, Form(max_length=32, description="Seed of the validation split; 42.")]
+SeedField = Annotated[str | None, Form(max_length=32, json_schema_extra={"pattern": SEED_PATTERN},
+                                       description="Seed of the validation split; 42.")]
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 
 
@@ -58,10 +76,14 @@ def _check_text_fields(**fields: str | None) -> None:
 def _options(task: str | None, text_column: str | None, label_column: str | None,
              validation_split: str | None, seed: str | None) -> IngestOptions:
     """The form fields checked, each failure a 422 that says what to send instead."""
-    task = _blank_to_none(task)
-    if task is not None and task not in TASKS:
+    if task is not None and not re.fullmatch(TASK_PATTERN, task):
         raise HTTPException(422, f"task {task!r} is not one of {', '.join(TASKS)}; leave it out to infer it")
+    task = _blank_to_none(task)
     split_text, seed_text = _blank_to_none(validation_split), _blank_to_none(seed)
+    if validation_split is not None and not re.fullmatch(SPLIT_PATTERN, validation_split):
+        split_text = "?"
+    if seed is not None and not re.fullmatch(SEED_PATTERN, seed):
+        seed_text = "?"
     try:
         fraction = float(split_text) if split_text else 0.2
     except ValueError:

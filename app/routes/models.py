@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from app.deps import Authenticated, PrincipalDep, RemovalDep, SessionDep, Settin
 from app.removal import ModelInUse
 from app.schemas.common import Limit, ModelIdPath, Offset, errors
 from app.schemas.models import ModelPublic, ModelsPublic
-from app.serving.export import iter_targz
+from app.serving.export import Snapshot, iter_targz
 from core.tables import TunedModel
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Authenticated],
@@ -63,6 +62,27 @@ async def delete_model(
     return Response(status_code=204)
 
 
+def _deleted_meanwhile(model_id: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"model {model_id!r} was deleted while its download "
+                         "was starting; nothing was sent")
+
+
+def _snapshot(session: Any, principal: Principal, directory: Path, name: str, model_id: str) -> Snapshot:
+    """The files opened before the response starts, so a concurrent delete cannot cut it.
+
+    A delete removes the row before the files; so the row, read again once every file is
+    open, says whether the listing could have raced the removal (and missed files)."""
+    try:
+        snapshot = Snapshot(directory, name)
+    except FileNotFoundError as e:
+        raise _deleted_meanwhile(model_id) from e
+    session.rollback()  # a fresh transaction, which sees a delete committed since the first read
+    if principal.visible(crud.get_model(session=session, model_id=model_id)) is None:
+        snapshot.close()
+        raise _deleted_meanwhile(model_id)
+    return snapshot
+
+
 @router.get(
     "/{model_id}/download",
     response_class=StreamingResponse,
@@ -87,7 +107,7 @@ def download_model(
     if not (adapter and merged):
         name = f"{model_id}-adapter" if adapter else model_id
         return StreamingResponse(
-            iter_targz(directory, name),
+            iter_targz(_snapshot(session, principal, directory, name, model_id)),
             media_type="application/gzip",
             headers={"Content-Disposition": f'attachment; filename="{name}.tar.gz"'},
         )
@@ -95,18 +115,16 @@ def download_model(
 
     staging = Path(tempfile.mkdtemp(prefix=f".merge-{model_id}-", dir=settings.data_dir))
     try:
-        merge_to_directory(read_spec(model_id, directory), staging / model_id)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-    def stream() -> Iterator[bytes]:
         try:
-            yield from iter_targz(staging / model_id, f"{model_id}-merged")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            merge_to_directory(read_spec(model_id, directory), staging / model_id)
+        except FileNotFoundError as e:
+            raise _deleted_meanwhile(model_id) from e
+        # Opened before the staging directory can go: the stream reads only these handles.
+        snapshot = _snapshot(session, principal, staging / model_id, f"{model_id}-merged", model_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     return StreamingResponse(
-        stream(), media_type="application/gzip",
+        iter_targz(snapshot), media_type="application/gzip",
         headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"'},
     )

@@ -7,17 +7,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CleanStr, Id
+from app.schemas.common import CleanStr, Id, JsonTypes
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(JsonTypes):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
     content: Annotated[CleanStr, Field(min_length=1)]
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(JsonTypes):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model_id: Id

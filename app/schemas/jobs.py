@@ -7,14 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CleanStr, Id
+from app.schemas.common import CleanStr, Id, JsonTypes
 from core.jobspec import Hyperparameters
 from core.jobstate import JobState
 
 __all__ = ["Hyperparameters", "JobCreate", "JobPublic", "JobsPublic", "JobEventPublic", "CheckpointPublic"]
 
 
-class JobCreate(BaseModel):
+class JobCreate(JsonTypes):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset_id: Id
