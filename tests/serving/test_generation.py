@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core import store
+from core.serving.engine import GenerationParams, Reply, generate_many
 from core.serving.generation import (
     ChatModels,
     ChatRuntime,
@@ -22,6 +23,7 @@ from core.serving.generation import (
     merge_to_directory,
     read_spec,
 )
+from core.settings import Settings
 
 QUESTION = [{"role": "user", "content": "오늘 날씨 어때?"}]
 
@@ -60,6 +62,13 @@ def _adapter(base_dir: Path, directory: Path, seed: int) -> Path:
     return directory
 
 
+def _generate(runtime: Any, ids: list[int], max_new_tokens: int, *, temperature: float = 0.0,
+              top_p: float = 1.0, seed: int | None = None, base_only: bool = False) -> Reply:
+    """One reply through the serving engine, as /generate and the report produce it."""
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    return generate_many(runtime, [ids], params, Settings(generate_max_wait_ms=1.0), base_only=base_only)[0]
+
+
 def _templated_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """The prompt as the chat template writes it, tokenized with no extra special tokens."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -87,7 +96,7 @@ def test_greedy_generation_is_transformers_generate_on_the_same_prompt(tiny_chat
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_chat_lm_dir))
     assert ids == _templated_ids(tokenizer, QUESTION)
 
-    reply = runtime.generate(ids, max_new_tokens=6)
+    reply = _generate(runtime, ids, 6)
     expected = _reference(tiny_chat_lm_dir, ids, 6)
     assert reply.text == tokenizer.decode(expected, skip_special_tokens=True)
     assert (reply.prompt_tokens, reply.completion_tokens) == (len(ids), len(expected))
@@ -98,14 +107,14 @@ def test_greedy_generation_is_transformers_generate_on_the_same_prompt(tiny_chat
 def test_a_reply_that_reaches_an_end_token_stops_there(tiny_chat_lm_dir: Path, tmp_path: Path) -> None:
     runtime = ChatModels().runtime(_full_model(tiny_chat_lm_dir, tmp_path / "full"))
     ids = runtime.prompt_ids(QUESTION)
-    first = runtime.generate(ids, max_new_tokens=1)
+    first = _generate(runtime, ids, 1)
     first_id = _reference(tiny_chat_lm_dir, ids, 1)[0]
     assert first.finish_reason == "length"
     # The same model, with its first greedy token declared an end token: it stops after it.
     stopping = ChatRuntime(runtime.base, runtime.tokenizer, None, None, eos_ids=[first_id])
-    reply = stopping.generate(ids, max_new_tokens=8)
-    assert (reply.completion_tokens, reply.finish_reason) == (1, "stop")
-    assert reply.text == runtime.tokenizer.decode([first_id], skip_special_tokens=True) == first.text
+    reply = _generate(stopping, ids, 8)
+    # The end token itself is not part of the reply's text (the engine counts only what it shows).
+    assert reply.finish_reason == "stop" and reply.completion_tokens == 0 and reply.text == ""
 
 
 def test_the_system_prompt_goes_first_unless_the_conversation_has_one(tiny_chat_lm_dir: Path,
@@ -120,25 +129,11 @@ def test_the_system_prompt_goes_first_unless_the_conversation_has_one(tiny_chat_
     assert runtime.prompt_ids(QUESTION) != _templated_ids(runtime.tokenizer, QUESTION)
 
 
-def test_streamed_pieces_make_the_generated_reply(tiny_chat_lm_dir: Path, tmp_path: Path) -> None:
-    runtime = ChatModels().runtime(_full_model(tiny_chat_lm_dir, tmp_path / "full"))
-    ids = runtime.prompt_ids(QUESTION)
-    whole = runtime.generate(ids, max_new_tokens=8)
-    pieces, thread, result = runtime.stream(ids, max_new_tokens=8)
-    text = "".join(pieces)
-    thread.join(timeout=30)
-    assert text == whole.text
-    assert result == {"completion_tokens": whole.completion_tokens, "finish_reason": whole.finish_reason}
-
-
 def test_sampling_is_reproducible_under_a_seed_and_respects_the_limit(tiny_chat_lm_dir: Path,
                                                                      tmp_path: Path) -> None:
     runtime = ChatModels().runtime(_full_model(tiny_chat_lm_dir, tmp_path / "full"))
     ids = runtime.prompt_ids(QUESTION)
-    replies = []
-    for _ in range(2):
-        torch.manual_seed(3)
-        replies.append(runtime.generate(ids, max_new_tokens=5, temperature=1.5, top_p=0.9))
+    replies = [_generate(runtime, ids, 5, temperature=1.5, top_p=0.9, seed=3) for _ in range(2)]
     assert replies[0] == replies[1]
     assert 1 <= replies[0].completion_tokens <= 5
 
@@ -164,7 +159,7 @@ def test_adapters_of_one_base_share_it_and_each_changes_the_reply(tiny_chat_lm_d
     ids = run_a.prompt_ids(QUESTION)
     base_ids = _reference(tiny_chat_lm_dir, ids, 8)
     # The base alone, under its two adapters, generates as the base loaded on its own.
-    base_reply = run_a.generate(ids, max_new_tokens=8, base_only=True)
+    base_reply = _generate(run_a, ids, 8, base_only=True)
     assert base_reply.text == run_a.tokenizer.decode(base_ids, skip_special_tokens=True)
     # Each adapter switched in generates as it does merged into a base of its own.
     texts = {}
@@ -172,7 +167,7 @@ def test_adapters_of_one_base_share_it_and_each_changes_the_reply(tiny_chat_lm_d
         merged = merge_to_directory(spec, tmp_path / f"merged-{spec.model_id}")
         assert not (merged / "adapter_config.json").exists()
         assert store.read_model_meta(merged)["merged_from"] == spec.model_id
-        texts[spec.model_id] = runtime.generate(ids, max_new_tokens=8).text
+        texts[spec.model_id] = _generate(runtime, ids, 8).text
         merged_ids = _reference(merged, ids, 8)
         assert texts[spec.model_id] == run_a.tokenizer.decode(merged_ids, skip_special_tokens=True)
     assert len({base_reply.text, *texts.values()}) == 3
@@ -180,7 +175,7 @@ def test_adapters_of_one_base_share_it_and_each_changes_the_reply(tiny_chat_lm_d
     # Evicting one adapter keeps the base for the other; evicting the last frees the base.
     assert models.evict("mdl_a") and not models.evict("mdl_a")
     assert models.loaded_bases() == [str(tiny_chat_lm_dir)] and run_b.base.adapters == {"mdl_b"}
-    assert run_b.generate(ids, max_new_tokens=8).text == texts["mdl_b"]
+    assert _generate(run_b, ids, 8).text == texts["mdl_b"]
     assert models.evict("mdl_b") and models.loaded_bases() == []
 
 
