@@ -31,7 +31,7 @@ from core.settings import Settings
 log = logging.getLogger("tuneserve.predict")
 
 router = APIRouter(prefix="/predict", tags=["predict"], route_class=UploadLimitRoute,
-                   dependencies=[Authenticated], responses=errors(401, 404, 409, 413, 422, 429, 503))
+                   dependencies=[Authenticated], responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
 ModelIdField = Annotated[str | None, Form(max_length=64, description="The tuned model to predict with.")]
 FileField = Annotated[UploadFile | None, File(description="CSV, TSV, JSON, JSONL or Parquet, as uploads.")]
@@ -72,7 +72,7 @@ def _blank_to_none(value: str | None) -> str | None:
 @router.post("/file", response_model=None, responses={
     200: {"description": "The rows with the predictions (text/csv or application/x-ndjson); with "
                          "summary=true, JSON with the figures on the file's labels.",
-          "content": {"text/csv": {}, "application/x-ndjson": {}}}})
+          "content": {"text/csv": {}, "application/x-ndjson": {}, "application/json": {}}}})
 async def create_file_prediction(
     predictor: PredictorDep,
     principal: PrincipalDep,
