@@ -85,7 +85,8 @@ def _example(
     text = cells.as_text(record[plan.text_column])
     if text is None:
         if plan.chat_format == "alpaca":
-            return None, None, None, f"empty instruction in column {plan.text_column!r}: {cells.NO_CHAT_FORMAT}"
+            reason = f"empty instruction in column {plan.text_column!r}: {cells.NO_CHAT_FORMAT}"
+            return None, None, None, reason
         return None, None, None, f"empty text in column {plan.text_column!r}"
     if plan.answer_column:
         answer = cells.as_text(record[plan.answer_column])
