@@ -4,8 +4,9 @@ Reads a stored chat dataset (core/dataset.py: the train and validation splits' `
 `messages`), renders every conversation through the tokenizer's chat template
 (DEFAULT_CHAT_TEMPLATE when it has none), and trains on the assistant's tokens only: every other
 token's label is -100, and so is every token of an assistant turn stored with `weight` 0
-(OpenAI's per-message weight: the turn is context, not an answer to learn). The loss is (sum over target tokens, target tokens), so the loop's
-accumulation gives the same gradient whatever the micro-batch. LoRA through peft by default,
+(OpenAI's per-message weight: the turn is context, not an answer to learn). The loss is (sum
+over target tokens, target tokens), so the loop's accumulation gives the same gradient whatever
+the micro-batch. LoRA through peft by default,
 full fine-tuning on request.
 
 An example's "length" is its token count: the probe tries the longest conversations and the
