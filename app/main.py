@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app import dashboard
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
-from app.routes import datasets, events, experiments, generate, health, jobs, models, predict
+from app.routes import datasets, events, experiments, generate, health, jobs, models, openai, predict
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
 from core.settings import Settings, get_settings
@@ -52,11 +52,13 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
     for module in (health, datasets, jobs, events, models, predict, experiments, generate):
         app.include_router(module.router)
+    openai.mount(app)  # /v1: OpenAI's API over the same rows
     dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)
     # Added last, so it runs first: it sees the 413s and 401s the others answer too.
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
+    openai.install_errors(app)  # after the native handlers: /v1 answers OpenAI's error object
     return app
 
 
