@@ -191,10 +191,21 @@ def test_pause_resume_and_cancel_an_alpaca_job_and_the_native_api_sees_every_job
     assert _wait(client, job.id, {"cancelled", "failed", "succeeded"}).status == "cancelled"
     kinds = [e["kind"] for e in httpx.get(f"{base}/jobs/{job.id}/events").json()]
     assert "pause_requested" in kinds and "resume_requested" in kinds and "resumed" in kinds
+    # A ShareGPT file through the native API trains too, and /v1 shows that job as its own.
+    with httpx.Client(base_url=base) as native:
+        dataset = native.post("/datasets", files={"file": ("sharegpt.jsonl", _sharegpt(pairs[40:60]))}).json()
+        assert dataset["report"]["chat_format"] == "sharegpt"
+        created = native.post("/jobs", json={"dataset_id": dataset["id"], "base_model": str(tiny_chat_lm_dir),
+                                             "hyperparameters": {"max_steps": 2, "batch_size": 4}})
+        assert created.status_code == 201, created.text
+    sharegpt_job = _wait(client, created.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert sharegpt_job.status == "succeeded", sharegpt_job.error
+    assert sharegpt_job.training_file == dataset["id"] and sharegpt_job.fine_tuned_model is not None
+    assert sharegpt_job.fine_tuned_model.startswith(f"ft:{tiny_chat_lm_dir.name}::mdl_")  # no suffix
     # The native API lists every /v1 job, and /v1 lists the chat jobs the native API made.
     native_ids = {j["id"] for j in httpx.get(f"{base}/jobs").json()["data"]}
     v1_ids = [j.id for j in client.fine_tuning.jobs.list(limit=100).data]
     assert job.id in native_ids and set(v1_ids) == native_ids
-    assert v1_ids[0] == job.id  # newest first
-    page = client.fine_tuning.jobs.list(limit=1, after=job.id).data
-    assert [j.id for j in page] == v1_ids[1:2]
+    assert v1_ids[:2] == [sharegpt_job.id, job.id]  # newest first
+    page = client.fine_tuning.jobs.list(limit=1, after=sharegpt_job.id).data
+    assert [j.id for j in page] == [job.id]
