@@ -320,9 +320,9 @@ def setup_events(task: ChatTask, config: TrainConfig) -> list[tuple[str, str, di
     events: list[tuple[str, str, dict[str, Any]]] = []
     # Tokens one epoch reads (prompts included) and scores: what OpenAI's `trained_tokens` counts.
     tokens = sum(int(ex["length"]) for ex in task.train_examples)
-    targets = sum(int(ex["targets"]) for ex in task.train_examples)
-    events.append(("tokens", f"One epoch is {tokens:,} tokens, {targets:,} of them answers the loss is on.",
-                   {"train_tokens_per_epoch": tokens, "target_tokens_per_epoch": targets}))
+    answer_tokens = sum(int(ex["targets"]) for ex in task.train_examples)
+    events.append(("tokens", f"One epoch is {tokens:,} tokens, {answer_tokens:,} of them answers the loss "
+                   "is on.", {"train_tokens_per_epoch": tokens, "target_tokens_per_epoch": answer_tokens}))
     if task.template_defaulted:
         events.append(("chat_template", "The tokenizer has no chat template; using tuneserve's default "
                        "(Zephyr style: <|role|> lines, each turn ending with EOS).", {"default": True}))

@@ -19,6 +19,9 @@ Auto = Literal["auto"]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[CleanStr, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
+# It sits between colons in the model's name: no colon, no space.
+Suffix = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 class Request(BaseModel):
@@ -92,8 +95,8 @@ class FineTuningJobCreate(Request):
     training_file: Id = Field(description="A file id from POST /v1/files (or a chat dataset's id).")
     validation_file: Id | None = Field(
         None, description="Held-out conversations; without one, 20% of the training file is held out.")
-    suffix: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")] | None = (
-        Field(None, description="Put into the tuned model's name: ft:<base>:<suffix>:<model id>."))
+    suffix: Suffix | None = Field(None, description="Put into the tuned model's name: "
+                                  "ft:<base>:<suffix>:<model id>.")
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(None, description="Default 42.")
     metadata: Metadata | None = None
     method: Method | None = None
@@ -132,7 +135,8 @@ class MethodOut(BaseModel):
     supervised: dict[str, JobHyperparameters]
 
 
-FineTuningStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
+FineTuningStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled",
+                           "paused"]
 
 
 class FineTuningJob(BaseModel):
@@ -258,8 +262,7 @@ class ChatCompletionCreate(Request):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     n: Annotated[int, Field(ge=1, le=8)] | None = None
-    stop: Annotated[str, StringConstraints(min_length=1, max_length=200)] | Annotated[
-        list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=4)] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     seed: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

@@ -150,7 +150,8 @@ def test_the_openapi_document_includes_the_v1_routes(client: Any) -> None:
     for path in ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content", "/v1/fine_tuning/jobs",
                  "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
                  "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
-                 "/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume",
+                 "/v1/fine_tuning/jobs/{fine_tuning_job_id}/pause",
+                 "/v1/fine_tuning/jobs/{fine_tuning_job_id}/resume",
                  "/v1/chat/completions", "/v1/models", "/v1/models/{model}"):
         assert path in paths, path
     error = paths["/v1/chat/completions"]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
@@ -191,15 +192,18 @@ def test_keys_are_bearer_tokens_and_another_keys_objects_are_404(keyed: Any, tmp
         session.flush()
         job_id, model_id = job.id, model.id
     assert [f.id for f in alice.files.list()] == [file_id] and list(bob.files.list()) == []
-    assert [j.id for j in alice.fine_tuning.jobs.list()] == [job_id] and list(bob.fine_tuning.jobs.list()) == []
+    assert [j.id for j in alice.fine_tuning.jobs.list()] == [job_id]
+    assert list(bob.fine_tuning.jobs.list()) == []
     assert [m.id for m in alice.models.list()] == [model_id] and list(bob.models.list()) == []
     for call in (lambda: bob.files.retrieve(file_id), lambda: bob.files.content(file_id),
                  lambda: bob.files.delete(file_id), lambda: bob.fine_tuning.jobs.retrieve(job_id),
-                 lambda: bob.fine_tuning.jobs.cancel(job_id), lambda: bob.fine_tuning.jobs.list_events(job_id),
+                 lambda: bob.fine_tuning.jobs.cancel(job_id),
+                 lambda: bob.fine_tuning.jobs.list_events(job_id),
                  lambda: bob.fine_tuning.jobs.checkpoints.list(job_id),
                  lambda: bob.fine_tuning.jobs.create(model="/m", training_file=file_id),
                  lambda: bob.models.retrieve(model_id),
-                 lambda: bob.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "x"}])):
+                 lambda: bob.chat.completions.create(model=model_id,
+                                                     messages=[{"role": "user", "content": "x"}])):
         with pytest.raises(openai.NotFoundError):
             call()
     assert alice.files.retrieve(file_id).id == file_id

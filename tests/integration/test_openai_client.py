@@ -50,8 +50,10 @@ def _jsonl(records: list[dict[str, Any]]) -> bytes:
 def _weighted_openai(pairs: list[tuple[str, str]]) -> bytes:
     """Two-turn conversations whose first answer is context only (weight 0)."""
     return _jsonl([{"messages": [{"role": "system", "content": "친절하게 답하세요"},
-                                 {"role": "user", "content": q}, {"role": "assistant", "content": "음.", "weight": 0},
-                                 {"role": "user", "content": "다시"}, {"role": "assistant", "content": a, "weight": 1}]}
+                                 {"role": "user", "content": q},
+                                 {"role": "assistant", "content": "음.", "weight": 0},
+                                 {"role": "user", "content": "다시"},
+                                 {"role": "assistant", "content": a, "weight": 1}]}
                    for q, a in pairs])
 
 
@@ -82,14 +84,15 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
     validation = client.files.create(file=("valid.jsonl", _sharegpt(pairs[20:28])), purpose="fine-tune")
 
     job = client.fine_tuning.jobs.create(
-        model=str(tiny_chat_lm_dir), training_file=training.id, validation_file=validation.id, suffix="kochat",
-        seed=7, metadata={"team": "qa"},
+        model=str(tiny_chat_lm_dir), training_file=training.id, validation_file=validation.id,
+        suffix="kochat", seed=7, metadata={"team": "qa"},
         method={"type": "supervised", "supervised": {"hyperparameters": {
             "n_epochs": "auto", "batch_size": 10, "learning_rate_multiplier": 2}}})
     # 20 examples: OpenAI's rule raises 3 epochs to 100 // 20 = 5; the rate is 2 x chat's 2e-4.
     assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == (5, 10)
     assert job.status in ("queued", "running") and job.fine_tuned_model is None and job.seed == 7
-    assert (job.training_file, job.validation_file, job.metadata) == (training.id, validation.id, {"team": "qa"})
+    assert (job.training_file, job.validation_file) == (training.id, validation.id)
+    assert job.metadata == {"team": "qa"}
     native = httpx.get(f"{service.url}/jobs/{job.id}").json()  # the same row, the native way
     assert native["hyperparameters"]["epochs"] == 5 and native["hyperparameters"]["learning_rate"] == 4e-4
     assert native["task"] == "chat"
@@ -135,8 +138,9 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
                                            temperature=1.0, seed=3)
     assert [c.message.content for c in again.choices] == [c.message.content for c in several.choices]
 
-    chunks = list(client.chat.completions.create(model=model_id, messages=messages, max_tokens=6, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(client.chat.completions.create(model=model_id, messages=messages, max_tokens=6,
+                                                 temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -76,7 +77,8 @@ def _model(name: str, principal: Principal) -> Any:
 @router.post("/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "With stream=true: chat.completion.chunk events, then [DONE]."}})
-async def create_chat_completion(body: ChatCompletionCreate, request: Request, principal: PrincipalDep) -> Any:
+async def create_chat_completion(body: ChatCompletionCreate, request: Request,
+                                 principal: PrincipalDep) -> Any:
     """A tuned chat model's reply to `messages` (OpenAI's chat completions)."""
     unsupported = body.unsupported()
     if unsupported:
@@ -89,15 +91,15 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, p
     messages = _messages(body)
     sampling = _sampling(body, gens.settings)
     model_id, path = await run_in_threadpool(_model, body.model, principal)
-    from pathlib import Path
-
     slot = engine.Slot(gens).__enter__()
+    streaming = False
     try:
         runtime = await engine.load(gens, model_id, Path(path))
         ids = await engine.prompt_ids(runtime, messages)
         if len(ids) > gens.settings.generate_max_prompt_tokens:
-            raise OpenAIError(400, f"The conversation is {len(ids)} tokens after the chat template; the limit "
-                                   f"is {gens.settings.generate_max_prompt_tokens} "
+            limit = gens.settings.generate_max_prompt_tokens
+            raise OpenAIError(400, f"The conversation is {len(ids)} tokens after the chat template; the "
+                                   f"limit is {limit} "
                                    "(TUNESERVE_GENERATE_MAX_PROMPT_TOKENS).", param="messages",
                               code="context_length_exceeded")
         if body.stream:
@@ -105,7 +107,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, p
             response = StreamingResponse(
                 _stream(runtime, ids, sampling, body.model, body.n or 1, include_usage, slot),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-            slot = None  # the stream releases it when it ends
+            streaming = True  # the stream releases the slot when it ends
             return response
         choices, completion_tokens = [], 0
         for index in range(body.n or 1):
@@ -113,11 +115,12 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, p
             completion_tokens += done.completion_tokens
             choices.append(Choice(index=index, message=AssistantMessage(content=done.text),
                                   finish_reason=done.finish_reason))  # type: ignore[arg-type]
-        return ChatCompletion(id=_completion_id(), created=int(time.time()), model=body.model, choices=choices,
-                              usage=CompletionUsage(prompt_tokens=len(ids), completion_tokens=completion_tokens,
-                                                    total_tokens=len(ids) + completion_tokens))
+        usage = CompletionUsage(prompt_tokens=len(ids), completion_tokens=completion_tokens,
+                                total_tokens=len(ids) + completion_tokens)
+        return ChatCompletion(id=_completion_id(), created=int(time.time()), model=body.model,
+                              choices=choices, usage=usage)
     finally:
-        if slot is not None:
+        if not streaming:
             slot.release()
 
 
@@ -135,8 +138,8 @@ async def _stream(runtime: Any, ids: list[int], sampling: engine.Sampling, model
     usage_field = {"usage": None} if include_usage else {}
 
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None) -> bytes:
-        return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "system_fingerprint": None,
+        return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                     "model": model, "system_fingerprint": None,
                      "choices": [{"index": index, "delta": delta, "logprobs": None,
                                   "finish_reason": finish_reason}], **usage_field})
 

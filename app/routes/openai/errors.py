@@ -42,7 +42,8 @@ class OpenAIError(HTTPException):
 def error_body(status_code: int, message: str, *, param: str | None = None, code: str | None = None,
                type_: str | None = None) -> dict[str, Any]:
     kind = type_ or TYPES.get(status_code, "invalid_request_error" if status_code < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code or CODES.get(status_code)}}
+    code = code or CODES.get(status_code)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def _message(detail: Any) -> str:

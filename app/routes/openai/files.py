@@ -30,7 +30,7 @@ from app.routes.datasets import UploadLimitRoute
 from app.routes.openai.errors import OpenAIError
 from app.routes.openai.view import file_object
 from app.schemas.common import MAX_ID_CHARS, id_path
-from app.schemas.openai import OpenAIErrorOut, FileDeleted, FileList, FileObject
+from app.schemas.openai import FileDeleted, FileList, FileObject, OpenAIErrorOut
 from core.settings import Settings
 from core.tables import Dataset, new_id
 
@@ -69,7 +69,8 @@ def _first_bad_line(result: IngestResult, lines: dict[int, int] | None, filename
 
 def _ingest_file(saved: SavedUpload, directory: Path, settings: Settings) -> tuple[IngestResult, str | None]:
     result = ingest(train=SourceFile(saved.path, saved.filename), validation=None, test=None,
-                    options=IngestOptions(task="chat"), directory=directory, max_rows=settings.max_dataset_rows,
+                    options=IngestOptions(task="chat"), directory=directory,
+                    max_rows=settings.max_dataset_rows,
                     limits=ReadLimits(max_columns=settings.max_dataset_columns,
                                       max_line_bytes=settings.max_line_kb * 1024,
                                       max_cell_chars=settings.max_cell_chars))
@@ -82,13 +83,14 @@ def _ingest_file(saved: SavedUpload, directory: Path, settings: Settings) -> tup
 @router.post("", response_model=FileObject)
 async def create_file(
     session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
-    file: Annotated[UploadFile | None, File(description="JSONL of conversations (or CSV, JSON, Parquet).")] = None,
+    file: Annotated[UploadFile | None,
+                    File(description="JSONL of conversations (or CSV, JSON, Parquet).")] = None,
     purpose: Annotated[str | None, Form(max_length=64, description="Only fine-tune.")] = None,
 ) -> FileObject:
     """Upload a fine-tune file: validated line by line and stored as a chat dataset."""
     if purpose != PURPOSE:
-        raise OpenAIError(400, f"purpose {purpose!r} is not supported: tuneserve takes purpose=fine-tune files "
-                               "only", param="purpose", code="invalid_value")
+        raise OpenAIError(400, f"purpose {purpose!r} is not supported: tuneserve takes purpose=fine-tune "
+                               "files only", param="purpose", code="invalid_value")
     if file is None:
         raise OpenAIError(400, "No file: send it as the multipart form field 'file'.", param="file")
     file_id = new_id("file")
@@ -108,7 +110,8 @@ async def create_file(
         remove_dataset(directory)
         raise OpenAIError(400, problem, param="file", code="invalid_file")
     try:
-        dataset = crud.create_dataset(session, values=_row_values(file_id, directory, result, saved, principal))
+        values = _row_values(file_id, directory, result, saved, principal)
+        dataset = crud.create_dataset(session, values=values)
         session.commit()
     except BaseException:
         session.rollback()
@@ -129,7 +132,8 @@ def _row_values(file_id: str, directory: Path, result: IngestResult, upload: Sav
     }
 
 
-def get_file_or_404(session: SessionDep, principal: Principal, file_id: str, param: str = "file_id") -> Dataset:
+def get_file_or_404(session: SessionDep, principal: Principal, file_id: str,
+                    param: str = "file_id") -> Dataset:
     """A file, or any of the caller's datasets (a native upload can train through /v1 too)."""
     dataset = principal.visible(crud.get_dataset(session, dataset_id=file_id))
     if dataset is None:
@@ -162,7 +166,8 @@ def retrieve_file(file_id: FileIdPath, session: SessionDep, principal: Principal
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-def delete_file(file_id: FileIdPath, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> FileDeleted:
+def delete_file(file_id: FileIdPath, session: SessionDep, settings: SettingsDep,
+                principal: PrincipalDep) -> FileDeleted:
     """Delete a file (its dataset), unless a queued or running job trains on it."""
     dataset = get_file_or_404(session, principal, file_id)
     jobs = job_crud.active_job_ids_using(session, dataset_id=file_id)
@@ -178,7 +183,8 @@ def delete_file(file_id: FileIdPath, session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/{file_id}/content", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "The file as sent."}})
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "The file as sent."}})
 def retrieve_file_content(file_id: FileIdPath, session: SessionDep, principal: PrincipalDep) -> Response:
     """The file's bytes as they were uploaded."""
     dataset = get_file_or_404(session, principal, file_id)

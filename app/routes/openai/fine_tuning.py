@@ -32,12 +32,12 @@ from app.routes.openai.view import checkpoint, fine_tuning_job, job_events, page
 from app.schemas.common import MAX_ID_CHARS, JobIdPath
 from app.schemas.jobs import JobCreate
 from app.schemas.openai import (
-    OpenAIErrorOut,
     FineTuningJob,
     FineTuningJobCheckpointList,
     FineTuningJobCreate,
     FineTuningJobEventList,
     FineTuningJobList,
+    OpenAIErrorOut,
 )
 from core import jobstate
 from core.dataset import TRAIN, VALIDATION, split_path
@@ -134,7 +134,9 @@ def create_fine_tuning_job(job_in: FineTuningJobCreate, session: SessionDep, set
     except ValidationError as e:
         raise OpenAIError(400, f"The hyperparameters cannot train: {e.errors()[0]['msg']}",
                           param="method.supervised.hyperparameters") from e
-    dataset = _combined_dataset(session, settings, principal, training, validation) if validation else training
+    dataset = training
+    if validation is not None:
+        dataset = _combined_dataset(session, settings, principal, training, validation)
     try:
         created = native.create_job(JobCreate(dataset_id=dataset.id, base_model=job_in.model,
                                               hyperparameters=hyperparameters), session, settings, principal)

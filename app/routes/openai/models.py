@@ -14,7 +14,7 @@ from app.crud import models as crud
 from app.deps import Authenticated, PrincipalDep, SessionDep
 from app.routes.openai.errors import OpenAIError
 from app.routes.openai.view import ORGANIZATION, fine_tuned_model_name, unix
-from app.schemas.openai import OpenAIErrorOut, ModelList, ModelObject
+from app.schemas.openai import ModelList, ModelObject, OpenAIErrorOut
 from core.tables import Job, TunedModel
 
 router = APIRouter(prefix="/v1/models", tags=["openai"], dependencies=[Authenticated],
@@ -23,10 +23,12 @@ ModelPath = Annotated[str, Path(min_length=1, max_length=1200, description="A mo
 
 
 def _object(model: TunedModel) -> ModelObject:
-    return ModelObject(id=model.id, created=unix(model.created_at) or 0, owned_by=model.tenant_id or ORGANIZATION)
+    return ModelObject(id=model.id, created=unix(model.created_at) or 0,
+                       owned_by=model.tenant_id or ORGANIZATION)
 
 
-def chat_model_or_404(session: Session, principal: Principal, name: str, param: str | None = None) -> TunedModel:
+def chat_model_or_404(session: Session, principal: Principal, name: str,
+                      param: str | None = None) -> TunedModel:
     """The caller's tuned chat model that `name` (an id or an ft: name) names; another key's model,
     a classifier and a name that does not match its job all answer as a missing one."""
     model_id = name.rsplit(":", 1)[-1] if name.startswith("ft:") else name

@@ -104,7 +104,8 @@ def _metric_event(point: MetricPoint, total_steps: int | None) -> FineTuningJobE
         data = {"step": point.step, "total_steps": total_steps, "train_loss": values.get("loss"),
                 "train_mean_token_accuracy": values.get("token_accuracy"),
                 "learning_rate": values.get("learning_rate")}
-        message = f"Step {point.step}/{total_steps or '?'}: training loss={values.get('loss', float('nan')):.4f}"
+        message = (f"Step {point.step}/{total_steps or '?'}: training loss="
+                   f"{values.get('loss', float('nan')):.4f}")
     else:
         data = {"step": point.step, "total_steps": total_steps, "valid_loss": values.get("loss"),
                 "valid_mean_token_accuracy": values.get("token_accuracy"),
