@@ -269,8 +269,8 @@ class ChatCompletionCreate(Request):
     user: Annotated[str, StringConstraints(max_length=256)] | None = Field(
         None, description="An end-user id; accepted for compatibility, it changes nothing.")
     # Known to OpenAI and refused with a 400 that says so, unless given as their no-op value.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None

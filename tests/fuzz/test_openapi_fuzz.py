@@ -69,7 +69,9 @@ def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Any, 
             session.add(TunedModel(id="mdl_fuzz", job_id=job.json()["id"], base_model="tiny",
                                    task="single_label", labels=["neg", "pos"], metrics={},
                                    max_seq_length=32, path=str(model_dir)))
-        ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"], "model_id": "mdl_fuzz"}
+        ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"], "model_id": "mdl_fuzz",
+               # The /v1 names of the same objects (a dataset is a file there).
+               "file_id": ds.json()["id"], "fine_tuning_job_id": job.json()["id"], "model": "mdl_fuzz"}
         yield app, ids
     get_engine.cache_clear()
     with admin.connect() as conn:

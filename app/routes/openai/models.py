@@ -18,7 +18,7 @@ from app.schemas.openai import ModelList, ModelObject, OpenAIErrorOut
 from core.tables import Job, TunedModel
 
 router = APIRouter(prefix="/v1/models", tags=["openai"], dependencies=[Authenticated],
-                   responses={code: {"model": OpenAIErrorOut} for code in (401, 404)})
+                   responses={code: {"model": OpenAIErrorOut} for code in (400, 401, 404)})
 ModelPath = Annotated[str, Path(min_length=1, max_length=1200, description="A model id or its ft: name.")]
 
 
