@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from app.schemas.common import CleanStr, Id
 
@@ -102,7 +102,16 @@ class FineTuningJobCreate(Request):
     method: Method | None = None
     hyperparameters: SupervisedHyperparameters | None = Field(
         None, description="Deprecated by OpenAI in favour of method.supervised.hyperparameters.")
-    integrations: list[Any] | None = Field(None, max_length=0, description="None are supported.")
+    integrations: list[dict[str, Any]] | None = Field(None, description="None are supported: an empty list.")
+
+    @field_validator("integrations")
+    @classmethod
+    def _no_integrations(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("integrations (such as Weights & Biases) are not supported by tuneserve: "
+                             "the job's metrics are in GET /jobs/{id}/metrics and its TensorBoard "
+                             "files; remove them")
+        return value
 
     @model_validator(mode="after")
     def _one_place_for_hyperparameters(self) -> FineTuningJobCreate:

@@ -90,6 +90,11 @@ def test_job_parameters_are_checked_with_openai_errors(oai: openai.OpenAI, tmp_p
     with pytest.raises(openai.BadRequestError) as dpo:
         oai.fine_tuning.jobs.create(model="x", training_file=file_id, method={"type": "dpo"})
     assert dpo.value.body["param"] == "method.type"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as wandb:
+        oai.fine_tuning.jobs.create(model="x", training_file=file_id,
+                                    integrations=[{"type": "wandb", "wandb": {"project": "p"}}])
+    assert wandb.value.body["param"] == "integrations"  # type: ignore[index]
+    assert "not supported" in wandb.value.body["message"]  # type: ignore[index]
     with pytest.raises(openai.NotFoundError) as missing:
         oai.fine_tuning.jobs.create(model="x", training_file="file_nope")
     assert missing.value.body["param"] == "training_file"  # type: ignore[index]
