@@ -148,6 +148,18 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+    # A stop string ends the reply where it begins, plain and streamed alike.
+    text = choice.message.content or ""
+    assert len(text) >= 2, text
+    stop = text[len(text) // 2:][:4]
+    cut = client.chat.completions.create(model=model_id, messages=messages, max_tokens=6, temperature=0,
+                                         stop=[stop])
+    assert cut.choices[0].message.content == text[:text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    cut_chunks = list(client.chat.completions.create(model=model_id, messages=messages, max_tokens=6,
+                                                     temperature=0, stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in cut_chunks) == text[:text.find(stop)]
+    assert cut_chunks[-1].choices[0].finish_reason == "stop"
     raw = httpx.post(f"{service.url}/v1/chat/completions", json={"model": model_id, "messages": messages,
                                                                  "max_tokens": 2, "stream": True})
     assert raw.headers["content-type"].startswith("text/event-stream")
