@@ -144,15 +144,15 @@ def ensure_chat_template(tokenizer: Any) -> bool:
     return True
 
 
-def with_system_prompt(messages: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+def with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
     """The job's system prompt for every row that has none of its own."""
     if system_prompt and (not messages or messages[0]["role"] != "system"):
         return [{"role": "system", "content": system_prompt}, *messages]
     return messages
 
 
-def conversation_segments(tokenizer: Any, messages: list[dict[str, Any]]) -> list[tuple[list[int], bool]]:
-    """The conversation as (token ids, is an answer to learn) segments, in order.
+def conversation_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[list[int], bool]]:
+    """The conversation as (token ids, is an assistant answer) segments, in order.
 
     Each answer's segment is what the template adds for that turn (content and end-of-turn
     tokens): the difference between the rendering up to that turn and the rendering of the
@@ -206,7 +206,7 @@ def truncate_left(segments: list[tuple[list[int], bool]], max_len: int) -> tuple
     return segments, cut
 
 
-def tokenize_conversations(tokenizer: Any, conversations: list[list[dict[str, Any]]], rows: list[int],
+def tokenize_conversations(tokenizer: Any, conversations: list[list[dict[str, str]]], rows: list[int],
                            max_len: int, system_prompt: str | None) -> tuple[list[Example], list[int],
                                                                                list[int]]:
     """(examples, rows whose history was cut, rows dropped because their last answer alone is
