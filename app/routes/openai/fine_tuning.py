@@ -44,19 +44,14 @@ from core.dataset import TRAIN, VALIDATION, split_path
 from core.jobspec import Hyperparameters
 from core.settings import Settings
 from core.tables import Dataset, Job, new_id
-from worker.families import FAMILIES
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai"], dependencies=[Authenticated],
                    responses={code: {"model": OpenAIErrorOut} for code in (400, 401, 404, 409, 429, 503)})
 After = Annotated[str | None, Query(max_length=MAX_ID_CHARS, description="The last id of the previous page.")]
 
 
-def _default_learning_rate() -> float:
-    return float(FAMILIES["chat"].job_defaults("chat")["learning_rate"])
-
-
 def _view(session: SessionDep, job: Job) -> FineTuningJob:
-    return fine_tuning_job(job, default_learning_rate=_default_learning_rate(),
+    return fine_tuning_job(job, default_learning_rate=auto.default_learning_rate(),
                            tokens_per_epoch=v1_crud.tokens_per_epoch(session, job_id=job.id))
 
 
@@ -128,7 +123,7 @@ def create_fine_tuning_job(job_in: FineTuningJobCreate, session: SessionDep, set
                   if job_in.validation_file else None)
     n_train = training.num_rows.get(TRAIN, 0) + (training.num_rows.get(VALIDATION, 0) if validation else 0)
     requested = job_in.supervised_hyperparameters()
-    resolved = auto.resolve(requested, n_train=n_train, default_learning_rate=_default_learning_rate())
+    resolved = auto.resolve(requested, n_train=n_train, default_learning_rate=auto.default_learning_rate())
     try:
         hyperparameters = Hyperparameters(**auto.native_hyperparameters(resolved, job_in.seed))
     except ValidationError as e:

@@ -29,6 +29,13 @@ AUTO_MULTIPLIER = 1.0  # a range test will choose this later; until then the fam
 LOGGING_STEPS = 1
 
 
+def default_learning_rate() -> float:
+    """The chat family's default learning rate: what a chat job that sets none trains with."""
+    from worker.families import with_job_defaults
+
+    return with_job_defaults(Hyperparameters(), "chat").learning_rate
+
+
 def auto_epochs(n_train: int) -> int:
     """OpenAI's rule for n_epochs "auto" from the number of training examples."""
     n_train = max(1, n_train)
