@@ -13,7 +13,18 @@ from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
 from app.methods import MethodsAllowed
 from app.openapi import install_documented_limits
-from app.routes import datasets, events, experiments, generate, health, jobs, models, predict, predict_file
+from app.routes import (
+    datasets,
+    events,
+    experiments,
+    generate,
+    health,
+    jobs,
+    models,
+    openai,
+    predict,
+    predict_file,
+)
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
 from core.logging import demote_polling, quiet_libraries
@@ -60,6 +71,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
     for module in (health, datasets, jobs, events, models, predict, predict_file, experiments, generate):
         app.include_router(module.router)
+    openai.mount(app)  # /v1: OpenAI's API over the same rows
     dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)
     app.add_middleware(MethodsAllowed, routes=app.router.routes)
@@ -67,6 +79,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
     install_documented_limits(app)
+    openai.install_errors(app)  # after the native handlers: /v1 answers OpenAI's error object
     return app
 
 

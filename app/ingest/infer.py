@@ -105,6 +105,11 @@ class Plan:
     label_shape: str = "single"
     messages_column: str | None = None
     answer_column: str | None = None  # question/answer chat: text_column holds the question
+    # chat: openai (messages of role/content), sharegpt (conversations of from/value), alpaca
+    # (instruction + optional input -> user, output -> assistant) or question_answer.
+    chat_format: str | None = None
+    input_column: str | None = None  # alpaca: joined to the instruction on a new line
+    system_column: str | None = None  # alpaca and sharegpt: a system turn per row
     reasons: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -190,22 +195,35 @@ def _plan_chat(inf: Inference, task: str | None, text_column: str | None,
                           "or task=multi_label to train a classifier")
     messages = [c for c in ([text_column] if text_column else inf.columns) if inf.profile(c).messages]
     messages.sort(key=lambda c: _norm(c) not in MESSAGES_NAMES)
+    alpaca = None if messages else _find_alpaca(inf, text_column)
     if messages:
         column = messages[0]
-        reason = f"column {column!r} holds chat turns (a list of {{role, content}})"
-        plan = Plan("chat", column, label_shape="none", messages_column=column)
+        first = next(v for v in inf.frame[column].tolist() if cells.looks_like_messages(v))
+        dialect = cells.chat_dialect(first)
+        shape = "{from, value}" if dialect == "sharegpt" else "{role, content}"
+        reason = f"column {column!r} holds chat turns (a list of {shape}): {dialect} format"
+        plan = Plan("chat", column, label_shape="none", messages_column=column, chat_format=dialect,
+                    system_column=_system_column(inf, exclude={column}))
+    elif alpaca is not None:
+        instruction, input_column, output = alpaca
+        joined = f"{instruction!r} (+ {input_column!r} on a new line)" if input_column else repr(instruction)
+        reason = f"columns {joined} -> user and {output!r} -> assistant: alpaca format"
+        plan = Plan("chat", instruction, label_shape="none", answer_column=output, chat_format="alpaca",
+                    input_column=input_column,
+                    system_column=_system_column(inf, exclude={instruction, output}))
     else:
         pair = _find_qa_pair(inf, text_column)
         if pair is None:
             if task != "chat":
                 return None
             raise IngestError(
-                "task=chat needs a 'messages' column (a list of {role, content}) or question/answer "
-                f"columns such as Q/A, question/answer or 질문/답변; the file has {inf.listing()}"
+                f"task=chat needs a chat format: {cells.CHAT_FORMATS}, or question/answer columns such "
+                f"as Q/A, question/answer or 질문/답변; the file has {inf.listing()}"
             )
         question, answer = pair
         reason = f"columns {question!r} and {answer!r} look like question/answer pairs (user -> assistant)"
-        plan = Plan("chat", question, label_shape="none", answer_column=answer)
+        plan = Plan("chat", question, label_shape="none", answer_column=answer, chat_format="question_answer")
+    plan.reasons["chat_format"] = plan.chat_format or ""
     plan.reasons["task"] = "named by the request" if task == "chat" else reason
     plan.reasons["text_column"] = reason
     if task is None:
@@ -219,6 +237,23 @@ def _plan_chat(inf: Inference, task: str | None, text_column: str | None,
                 f"task=single_label&text_column={plan.text_column}&label_column={extra[0]}"
             )
     return plan
+
+
+def _find_alpaca(inf: Inference, instruction: str | None) -> tuple[str, str | None, str] | None:
+    """(instruction, input or None, output) columns of an Alpaca file, or None."""
+    normed = {_norm(c): c for c in inf.columns}
+    if "instruction" not in normed or "output" not in normed:
+        return None
+    if instruction is not None and normed["instruction"] != instruction:
+        return None
+    if not (inf.profile(normed["instruction"]).text_like and inf.profile(normed["output"]).text_like):
+        return None
+    return normed["instruction"], normed.get("input"), normed["output"]
+
+
+def _system_column(inf: Inference, exclude: set[str]) -> str | None:
+    normed = {_norm(c): c for c in inf.columns if c not in exclude}
+    return normed.get("system")
 
 
 def _find_qa_pair(inf: Inference, question: str | None) -> tuple[str, str] | None:

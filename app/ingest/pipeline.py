@@ -174,6 +174,7 @@ def _report(splits: dict[str, _Split], order: list[str], plan: Plan, warnings: l
         "inference": plan.reasons,
         "label_shape": plan.label_shape,
         "answer_column": plan.answer_column,
+        "chat_format": plan.chat_format,
         "split": split_note,
         "files": files,
     }

@@ -114,7 +114,9 @@ def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Any, 
         assert moved.status_code == 201, moved.text
         assert client.post(f"/jobs/{moved.json()['id']}/cancel").status_code == 200
         ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"], "model_id": "mdl_fuzz",
-               "moved_job_id": moved.json()["id"]}
+               "moved_job_id": moved.json()["id"],
+               # The /v1 names of the same objects (a dataset is a file there).
+               "file_id": ds.json()["id"], "fine_tuning_job_id": job.json()["id"], "model": "mdl_fuzz"}
         yield app, ids
     get_engine.cache_clear()
     with admin.connect() as conn:
