@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import func, select
 
 from app.auth import create_key
-from app.routes.openai.engine import cut_at_stop
 from core.db import session_scope
 from core.tables import Dataset, Job, TunedModel
 from tests.conftest import configure
@@ -213,9 +212,3 @@ def test_keys_are_bearer_tokens_and_another_keys_objects_are_404(keyed: Any, tmp
         with pytest.raises(openai.NotFoundError):
             call()
     assert alice.files.retrieve(file_id).id == file_id
-
-
-def test_a_reply_ends_before_the_first_stop_string() -> None:
-    assert cut_at_stop("hello world. bye", ["o w", "."]) == ("hell", True)
-    assert cut_at_stop("hello", ["x"]) == ("hello", False)
-    assert cut_at_stop("hello", []) == ("hello", False)
