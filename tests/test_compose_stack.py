@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT
 from tests.integration.conftest import upload, wait_for_job, wait_until, write_sentiment_csv
@@ -107,6 +108,14 @@ def _newest_checkpoint(client: httpx.Client, job_id: str) -> int:
 def test_the_stack_trains_predicts_and_survives_a_killed_worker_and_redis(
     stack: Stack, tmp_path: Path,
 ) -> None:
+    try:
+        _exercise(stack, tmp_path)
+    except BaseException:
+        sys.stdout.write(stack.compose.logs())
+        raise
+
+
+def _exercise(stack: Stack, tmp_path: Path) -> None:
     compose, timings = stack.compose, stack.timings
     with timings.phase("API key made in the api container (docker-compose exec)"):
         made = compose("exec", "-T", "api", "tuneserve", "keys", "create", "--name", "stacktest",
@@ -162,16 +171,18 @@ def test_the_stack_trains_predicts_and_survives_a_killed_worker_and_redis(
             assert queued["state"] == "succeeded", queued["error"]
             compose.wait_healthy(SERVICES, timeout_s=120)
 
-        with timings.phase("predict, /metrics, dashboard"):
-            resp = client.post("/predict", json={"model_id": job["model_id"],
-                                                 "texts": ["great film, loved it", "awful film, hated it"]})
+        with timings.phase("predict (the API loads the model), /metrics, dashboard"):
+            resp = client.post("/predict", timeout=300, json={
+                "model_id": job["model_id"], "texts": ["great film, loved it", "awful film, hated it"]})
             assert resp.status_code == 200, resp.text
             predictions = resp.json()["predictions"]
             assert [p["label"] for p in predictions] == ["positive", "negative"]
             exposition = httpx.get(f"{stack.url}/metrics", timeout=30)
             assert exposition.status_code == 200
-            predicted = 'tuneserve_http_requests_total{route="/predict",method="POST",status="200"}'
-            assert predicted in exposition.text
+            served = {(s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+                      for family in text_string_to_metric_families(exposition.text)
+                      for s in family.samples if s.name == "tuneserve_http_requests_total"}
+            assert served[("/predict", "POST", "200")] == 1
             page = httpx.get(f"{stack.url}/", timeout=30)
             assert page.status_code == 200 and "<title>tuneserve</title>" in page.text
 
