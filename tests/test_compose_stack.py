@@ -79,8 +79,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     finally:
         with timings.phase("docker-compose down -v"):
             compose("down", "-v", "--remove-orphans", timeout_s=300, check=False)
-        engine.stop()
         size_mb = _image_size_mb(harness.TUNESERVE_IMAGE)
+        engine.stop()
         # Shown on a passing run too: where the time went.
         capture = pytestconfig.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():
