@@ -196,6 +196,15 @@ def test_the_image_ships_what_the_services_run() -> None:
     final = dockerfile[dockerfile.rindex("\nFROM "):]
     users = re.findall(r"^USER (\S+)", final, flags=re.M)
     assert users and users[-1] not in {"root", "0"}
+    # The `tuneserve` launcher the image writes runs pyproject.toml's console script.
+    assert pyproject_script() == "app.cli:main" and "from app.cli import main" in dockerfile
+
+
+def pyproject_script() -> str:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return str(project["scripts"]["tuneserve"])
 
 
 def test_the_build_context_leaves_out_tests_and_local_state() -> None:
@@ -204,4 +213,4 @@ def test_the_build_context_leaves_out_tests_and_local_state() -> None:
     # Everything out, then only what the image copies back in.
     assert lines[0] == "*"
     kept = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert kept == {"pyproject.toml", "README.md", "alembic.ini", "app", "core", "worker", "migrations"}
+    assert kept == {"pyproject.toml", "alembic.ini", "app", "core", "worker", "migrations"}
