@@ -142,8 +142,9 @@ def _exercise(stack: Stack, tmp_path: Path) -> None:
             compose("start", "worker", timeout_s=120)
             resumed = wait_until(lambda: _resumed_steps(client, job_id), timeout_s=300,
                                  what="the job to resume in the restarted worker")
-            # From the newest checkpoint before the kill, not from the start.
-            assert resumed == [newest] and 0 < saved <= newest < killed_at < TOTAL_STEPS, \
+            # From the newest checkpoint before the kill (which may be the kill's own step), not
+            # from the start.
+            assert resumed == [newest] and 0 < saved <= newest <= killed_at < TOTAL_STEPS, \
                 (resumed, saved, newest, killed_at)
 
         with timings.phase("redis container killed and started while a second job waits"):
