@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # default model needs none). The tests are offline by themselves (tests/conftest.py).
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup browser run test lint bench-train bench-serve clean
+.PHONY: setup browser docker run test lint bench-train bench-serve clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,24 @@ browser:
 	    echo "chromium or fonts-noto-cjk is missing and apt-get cannot install it here: the dashboard browser test is skipped without chromium, and its screenshots show Hangul as boxes without the fonts"; \
 	  fi; }
 
+# The compose stack test runs the stack in Debian's Docker engine (docker.io, docker-compose; and
+# debootstrap, to make a Debian base image where none can be pulled): installed here when missing
+# and apt-get can (root); otherwise that one test is skipped and says why. The test starts dockerd
+# itself when none runs.
+docker:
+	@{ [ -x /usr/bin/docker ] && command -v docker-compose >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing docker.io, docker-compose and debootstrap (Debian) for the compose stack test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null; } \
+	      || echo "could not install Docker: the compose stack test will be skipped"; \
+	  else \
+	    echo "Docker is missing and apt-get cannot install it here: the compose stack test will be skipped"; \
+	  fi; }
+
 run: setup
 	$(BIN)/tuneserve up
 
-test: setup browser
+test: setup browser docker
 	$(BIN)/ruff check app core worker tests bench migrations examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -1,10 +1,15 @@
-"""docker-compose.yml and .env.example, checked without a Docker engine (none runs here): the
-services, one image built once, health checks and the order they gate, volumes, GPU placement,
-and that every TUNESERVE_ variable the stack sets is a real setting with a valid value."""
+"""docker-compose.yml, its GPU and CPU override files, Dockerfile.gpu and .env.example, checked
+without a Docker engine: the services, one image built once, health checks and the order they
+gate, volumes, GPU placement, nothing only a newer compose reads, and that every TUNESERVE_
+variable the stack sets is a real setting with a valid value. tests/test_compose_stack.py runs
+the stack."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -14,6 +19,8 @@ from core.settings import ENV_PREFIX, Settings
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
+GPU_OVERRIDE = ROOT / "docker-compose.override.yml"
+CPU_OVERRIDE = ROOT / "docker-compose.cpu.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 TUNESERVE_SERVICES = ("migrate", "api", "worker")
 # TUNESERVE_ names that are not Settings fields: the config-file pointer (read before Settings)
@@ -25,6 +32,10 @@ SUBSTITUTION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+def _load(path: Any) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def _substitute(value: str) -> str:
@@ -90,12 +101,56 @@ def test_volumes_share_datasets_and_models_and_keep_the_state(compose: dict[str,
 
 
 def test_the_gpu_goes_to_the_worker_and_to_the_api_that_serves_predict(compose: dict[str, Any]) -> None:
-    services = compose["services"]
+    # In the override file `docker compose up` reads by itself: an override cannot take a GPU
+    # reservation away (short of compose 2.24's !reset), so the CPU variant leaves this file out.
+    assert all("deploy" not in s for s in compose["services"].values())
+    services = _load(GPU_OVERRIDE)["services"]
+    assert set(services) == {"api", "worker"}
     for name in ("api", "worker"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"], name
-    assert _environment(services["api"])["TUNESERVE_PREDICT_DEVICE"] == "auto"
-    assert "deploy" not in services["migrate"]
+    assert _environment(compose["services"]["api"])["TUNESERVE_PREDICT_DEVICE"] == "auto"
+
+
+def test_the_cpu_variant_reserves_no_gpu_and_predicts_on_the_cpu(compose: dict[str, Any]) -> None:
+    services = _load(CPU_OVERRIDE)["services"]
+    assert "deploy" not in str(services)
+    assert services["api"]["environment"]["TUNESERVE_PREDICT_DEVICE"] == "cpu"
+    # Its own image name, built once (by migrate) with the CPU build of torch.
+    assert {services[name]["image"] for name in TUNESERVE_SERVICES} == {"tuneserve:cpu"}
+    assert [name for name, s in services.items() if "build" in s] == ["migrate"]
+    args = services["migrate"]["build"]["args"]
+    assert args["TORCH_INDEX"].endswith("/whl/cpu") and args["TORCH_REQUIREMENT"] == "torch==2.13.0+cpu"
+    # The README runs it the way the stack test does.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "docker compose -f docker-compose.yml -f docker-compose.cpu.yml up -d --build" in readme
+
+
+def test_nothing_only_a_newer_compose_reads() -> None:
+    """docker-compose 1.29 reads these files as compose v2 does: env_file as plain paths (its
+    `path:`/`required:` form is compose 2.24+), no !reset or !override tags."""
+    for path in (COMPOSE, GPU_OVERRIDE, CPU_OVERRIDE):
+        text = path.read_text(encoding="utf-8")
+        assert "!reset" not in text and "!override" not in text, path.name
+        for service in _load(path)["services"].values():
+            env_file = service.get("env_file", [])
+            assert all(isinstance(f, str) for f in ([env_file] if isinstance(env_file, str) else env_file))
+    assert "required:" not in COMPOSE.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (1.29) is not installed")
+@pytest.mark.parametrize("files", [("docker-compose.yml", "docker-compose.override.yml"),
+                                   ("docker-compose.yml", "docker-compose.cpu.yml")])
+def test_docker_compose_1_29_accepts_the_files(files: tuple[str, ...]) -> None:
+    args = [arg for name in files for arg in ("-f", name)]
+    env = {**os.environ, "STACK_ENV_FILE": str(ENV_EXAMPLE)}
+    proc = subprocess.run(["docker-compose", *args, "config"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    merged = yaml.safe_load(proc.stdout)["services"]
+    gpu = "driver: nvidia" in proc.stdout
+    assert gpu == ("docker-compose.override.yml" in files)
+    assert merged["api"]["environment"]["TUNESERVE_PREDICT_DEVICE"] == ("auto" if gpu else "cpu")
 
 
 def test_every_tuneserve_variable_the_stack_sets_is_a_valid_setting(compose: dict[str, Any]) -> None:
@@ -121,7 +176,8 @@ def test_env_example_lists_every_setting_and_every_compose_variable(compose: dic
     assert not missing, f"add these settings to .env.example (with their default): {missing}"
     stray = sorted(v for v in listed if v.startswith(ENV_PREFIX) and v not in settings | NOT_SETTINGS)
     assert not stray, f".env.example names {stray}, which are not settings"
-    substituted = set(SUBSTITUTION.findall(COMPOSE.read_text(encoding="utf-8")))
+    compose_text = "".join(p.read_text(encoding="utf-8") for p in (COMPOSE, GPU_OVERRIDE, CPU_OVERRIDE))
+    substituted = set(SUBSTITUTION.findall(compose_text))
     assert {name for name, _ in substituted} <= listed
     # The first block is live (compose reads it); the settings are documentation, commented out,
     # so a copied .env does not redirect a local `tuneserve up` to the stack's database.
@@ -132,5 +188,29 @@ def test_the_image_ships_what_the_services_run() -> None:
     dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
     for copied in ("app", "core", "worker", "migrations", "alembic.ini", "pyproject.toml"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", dockerfile, flags=re.M), copied
-    assert "torch==2.13.0" in dockerfile  # the CUDA build of the release pyproject.toml pins
+    # The CUDA build of the release pyproject.toml pins is the default.
+    assert "ARG TORCH_REQUIREMENT=torch==2.13.0\n" in dockerfile
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128\n" in dockerfile
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    # The image that runs is the last stage: it starts as a user of its own, never root.
+    final = dockerfile[dockerfile.rindex("\nFROM "):]
+    users = re.findall(r"^USER (\S+)", final, flags=re.M)
+    assert users and users[-1] not in {"root", "0"}
+    # The `tuneserve` launcher the image writes runs pyproject.toml's console script.
+    assert pyproject_script() == "app.cli:main" and "from app.cli import main" in dockerfile
+
+
+def pyproject_script() -> str:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return str(project["scripts"]["tuneserve"])
+
+
+def test_the_build_context_leaves_out_tests_and_local_state() -> None:
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")]
+    # Everything out, then only what the image copies back in.
+    assert lines[0] == "*"
+    kept = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert kept == {"pyproject.toml", "alembic.ini", "app", "core", "worker", "migrations"}
