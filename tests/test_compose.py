@@ -81,7 +81,7 @@ def test_health_checks_gate_the_start_order(compose: dict[str, Any]) -> None:
     # The worker's check is the beat file its process keeps fresh (worker/job/health.py).
     assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.job.health"]
     assert _environment(services["worker"])["TUNESERVE_WORKER_HEALTH_FILE"]
-    assert (ROOT / "worker" / "health.py").is_file()
+    assert (ROOT / "worker" / "job" / "health.py").is_file()
 
 
 def test_volumes_share_datasets_and_models_and_keep_the_state(compose: dict[str, Any]) -> None:
