@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app import dashboard
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
-from app.routes import datasets, events, experiments, generate, health, jobs, models, predict
+from app.routes import datasets, events, experiments, generate, health, jobs, models, plan, predict
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
 from core.settings import Settings, get_settings
@@ -50,7 +50,7 @@ def _sweep_orphans(settings: Settings) -> None:
 
 def create_app() -> FastAPI:
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    for module in (health, datasets, jobs, events, models, predict, experiments, generate):
+    for module in (health, datasets, jobs, events, models, predict, experiments, generate, plan):
         app.include_router(module.router)
     dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)

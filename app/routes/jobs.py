@@ -154,6 +154,7 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
         chat_fields = ("system_prompt", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
         chat_only = [k for k in chat_fields if k in hp.model_fields_set]
         chat_only += ["finetuning"] if hp.finetuning == "lora" else []
+        chat_only += ["quantization"] if hp.quantization in ("8bit", "4bit") else []
         if chat_only:
             raise HTTPException(422, f"{', '.join(chat_only)} apply to chat jobs only; dataset {dataset.id} "
                                      f"is {dataset.task} (classifiers are fully fine-tuned).")

@@ -16,11 +16,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.planning.device import GIB, DeviceMemory
 from core.planning.estimate import Optimizer, Option, Quantization, Terms, Workload, estimate
 from core.planning.shapes import ModelShape
+
+if TYPE_CHECKING:
+    from core.jobspec import Hyperparameters
 
 QUANTIZATION_WORDS = {"8bit": "8-bit (LLM.int8)", "4bit": "4-bit NF4 (double quantization)"}
 OPTIMIZER_WORDS = {"adamw": "AdamW", "adamw_8bit": "paged 8-bit AdamW (bitsandbytes)"}
@@ -50,6 +53,15 @@ class PlanRequest:
     @property
     def lora(self) -> bool:
         return self.chat and self.finetuning != "full"
+
+    @classmethod
+    def from_hyperparameters(cls, hp: Hyperparameters, *, chat: bool, max_micro_batch_size: int = 256
+                             ) -> PlanRequest:
+        """The request a job's hyperparameters (its task's defaults applied) make."""
+        return cls(chat=chat, finetuning=hp.finetuning, quantization=hp.quantization, optimizer=hp.optimizer,
+                   gradient_checkpointing=hp.gradient_checkpointing, max_seq_length=hp.max_seq_length,
+                   lora_r=hp.lora_r, lora_dropout=hp.lora_dropout, precision=hp.precision,
+                   batch_size=hp.batch_size, max_micro_batch_size=max_micro_batch_size)
 
 
 @dataclass
@@ -144,21 +156,28 @@ class MemoryPlan:
         }
 
     def lines(self) -> list[str]:
-        """The plan as text: each term, the free memory, each choice and its reason."""
-        d = self.to_dict()
-        t = d["terms_gib"]
-        out = [self.message(), "",
-               f"at micro-batch 1, {self.workload.sequence_length} tokens "
-               f"({d['choice']['quantization']}, {d['choice']['optimizer']}, gradient checkpointing "
-               f"{'on' if d['choice']['gradient_checkpointing'] else 'off'}):"]
-        for name in ("weights", "gradients", "optimizer", "activations", "overhead", "total"):
-            out.append(f"  {name:<12} {t[name]:>8.2f} GiB")
-        out.append(f"  {'per sample':<12} {t['activations_per_sample']:>8.2f} GiB more activations")
-        out.append(f"  {'free':<12} {d['device']['budget_gib']:>8.2f} GiB ({self.device.name})")
-        out.append("")
-        for name in ("quantization", "optimizer", "gradient_checkpointing"):
-            out.append(f"{name}: {d['choice'][name]} - {self.reasons.get(name, '')}")
-        return out
+        return plan_lines(self.to_dict())
+
+
+def plan_lines(plan: Mapping[str, Any]) -> list[str]:
+    """A plan (MemoryPlan.to_dict(), or a job's memory_plan) as text: its sentence, each term in
+    GiB, the free memory, each choice and its reason. The CLI and the job's event print this."""
+    t, choice = plan["terms_gib"], plan["choice"]
+    checkpointing = "on" if choice["gradient_checkpointing"] else "off"
+    out = [plan["message"], "",
+           f"at micro-batch 1, {plan['sequence_length']} tokens ({choice['quantization']}, "
+           f"{choice['optimizer']}, gradient checkpointing {checkpointing}):"]
+    for name in ("weights", "gradients", "optimizer", "activations", "overhead", "total"):
+        out.append(f"  {name:<12} {t[name]:>8.2f} GiB")
+    out.append(f"  {'per sample':<12} {t['activations_per_sample']:>8.2f} GiB more activations each")
+    out.append(f"  {'free':<12} {plan['device']['budget_gib']:>8.2f} GiB ({plan['device']['name']})")
+    out.append("")
+    for name in ("quantization", "optimizer", "gradient_checkpointing"):
+        out.append(f"{name}: {choice[name]} - {plan['reasons'].get(name, '')}")
+    if plan["fits"]:
+        out.append(f"micro-batch: up to {choice['max_micro_batch_size']} estimated (the worker's probe "
+                   "measures it)")
+    return out
 
 
 def _gib(n: int) -> float:
