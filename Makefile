@@ -38,6 +38,7 @@ run: setup
 test: setup browser
 	$(BIN)/ruff check app core worker tests bench migrations examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench-train: setup

@@ -4,7 +4,7 @@ baselines). Pure functions over rows: no HTTP, no queries, no training code.
 
 Every model of an experiment trained on the same stored split, and the baselines fit on that
 split's train rows and were scored on the same validation and test rows as each tuned model
-(worker/compare.py), so one job's baselines stand for all of them.
+(worker/families/classification/compare.py), so one job's baselines stand for all of them.
 """
 
 from __future__ import annotations

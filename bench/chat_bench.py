@@ -4,11 +4,12 @@ Both peers fine-tune the same small random Llama (4 layers, hidden 256, a 4,000-
 trained on the data; built once by the parent, seeded) with the same LoRA adapter (r 16, alpha 32,
 dropout 0.05 on q/k/v/o_proj) on the first N conversations of korean_chatbot_qa.csv (Q -> user,
 A -> assistant), 1 epoch, effective batch 8, lr 2e-4 cosine with 10% warmup, max length 128, fp32
-on CPU, seed 42. Both train on the SAME tokenized examples (worker/chat.py: chat template, labels on
-the assistant's tokens only), so tokens/s compares the training machinery, not tokenization.
+on CPU, seed 42. Both train on the SAME tokenized examples (worker/families/chat/task.py: chat
+template, labels on the assistant's tokens only), so tokens/s compares the training machinery,
+not tokenization.
 
-  a  tuneserve: worker.chat.build_chat_task + worker.loop.run_training (micro-batch probe,
-     length-grouped windows, dynamic padding, the end-of-epoch evaluation on 64 held-out
+  a  tuneserve: worker.families.chat.task.build_chat_task + worker.training.loop.run_training
+     (micro-batch probe, length-grouped windows, dynamic padding, the end-of-epoch evaluation on 64 held-out
      conversations and its checkpoint save: the service always does both, so they are counted)
   b  Trainer + peft, as a user would write it: get_peft_model, DataCollatorForSeq2Seq (pads the
      labels with -100), train_sampling_strategy="group_by_length", no evaluation, no saving
@@ -110,7 +111,7 @@ def write_dataset(directory: Path, conversations: list[list[dict[str, str]]], ro
 # --------------------------------------------------------------------------------------------
 
 def _config(args: argparse.Namespace) -> Any:
-    from worker.config import TrainConfig
+    from worker.training.config import TrainConfig
 
     return TrainConfig(epochs=1, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
                        max_seq_length=MAX_LENGTH,
@@ -121,9 +122,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run_a(args: argparse.Namespace) -> dict[str, Any]:
-    from worker.chat import build_chat_task
-    from worker.loop import run_training
-    from worker.recording import RecordingSink
+    from worker.families.chat.task import build_chat_task
+    from worker.training.loop import run_training
+    from worker.training.recording import RecordingSink
 
     config = _config(args)
     task = build_chat_task(Path(args.dataset), args.model, config)
@@ -153,8 +154,8 @@ def run_b(args: argparse.Namespace) -> dict[str, Any]:
         TrainingArguments,
     )
 
-    from worker.chat import load_conversations as load_split
-    from worker.chat import tokenize_conversations
+    from worker.families.chat.task import load_conversations as load_split
+    from worker.families.chat.task import tokenize_conversations
 
     # The same examples as (a), made by the same code (without loading a model for it).
     tokenizer = AutoTokenizer.from_pretrained(args.model)

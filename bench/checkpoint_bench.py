@@ -42,11 +42,11 @@ def write_dataset(source: Path, rows: int, directory: Path) -> Path:
 
 
 def one_run(dataset_dir: Path, steps: int, threads: int) -> dict[str, Any]:
-    import worker.loop
+    import worker.training.loop
     from core.store import bundled_model_path, dir_size_bytes
-    from worker.classification import build_classification_task
-    from worker.config import TrainConfig
-    from worker.recording import RecordingSink
+    from worker.families.classification.task import build_classification_task
+    from worker.training.config import TrainConfig
+    from worker.training.recording import RecordingSink
 
     config = TrainConfig(max_steps=steps, batch_size=16, micro_batch_size=16, learning_rate=5e-5,
                          max_seq_length=128, eval_strategy="epoch", logging_steps=1, device="cpu",
@@ -54,7 +54,7 @@ def one_run(dataset_dir: Path, steps: int, threads: int) -> dict[str, Any]:
     task = build_classification_task(dataset_dir, ["negative", "positive"], False,
                                      str(bundled_model_path()), config)
     save_s: list[float] = []
-    save = worker.loop.save_checkpoint
+    save = worker.training.loop.save_checkpoint
 
     def timed_save(*args: Any, **kwargs: Any) -> Path:
         started = time.perf_counter()
@@ -62,16 +62,16 @@ def one_run(dataset_dir: Path, steps: int, threads: int) -> dict[str, Any]:
         save_s.append(time.perf_counter() - started)
         return path
 
-    worker.loop.save_checkpoint = timed_save  # the loop's own call, timed
+    worker.training.loop.save_checkpoint = timed_save  # the loop's own call, timed
     try:
         with tempfile.TemporaryDirectory() as run_dir:
             sink = RecordingSink()
-            result = worker.loop.run_training(task, config, Path(run_dir), sink)
+            result = worker.training.loop.run_training(task, config, Path(run_dir), sink)
             assert result.last_checkpoint is not None
             size = dir_size_bytes(result.last_checkpoint)
             state = (result.last_checkpoint / "training_state.pt").stat().st_size
     finally:
-        worker.loop.save_checkpoint = save
+        worker.training.loop.save_checkpoint = save
     step_s = [16 / p[2]["samples_per_second"] for p in sink.train_points]
     return {"steps": steps, "save_s": save_s, "step_s": step_s, "checkpoint_bytes": size,
             "training_state_bytes": state}

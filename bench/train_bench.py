@@ -4,14 +4,15 @@ Fine-tunes the bundled MiniLM on SST-2 (first N rows of sst2_train.tsv; validati
 rows of the same file), 1 epoch, effective batch 16, max length 128, lr 5e-5, seed 42, linear
 schedule with 10% warmup, weight decay 0.01, gradient clipping at 1.0, fp32 on CPU. Peers:
 
-  a  tuneserve: worker.loop.run_training + worker.classification.build_classification_task on a
-     parquet dataset directory, in-memory RecordingSink, the loop's defaults (micro-batch probe,
+  a  tuneserve: worker.training.loop.run_training + worker.families.classification.task
+     .build_classification_task on a parquet dataset directory, in-memory RecordingSink, the
+     loop's defaults (micro-batch probe,
      length-grouped windows, dynamic padding, one evaluation at the end of the epoch followed by
      its checkpoint save: the service always saves one, so it is counted)
   b  seed-style HF Trainer: padding="max_length" to 128, default collator, batch 16
   c  strong HF Trainer: DataCollatorWithPadding + train_sampling_strategy="group_by_length"
   d  bare PyTorch: forward/backward/clip/fused-AdamW step over the same length-grouped windows as
-     (a) (worker.loop.epoch_windows), each padded to its own longest row
+     (a) (worker.training.loop.epoch_windows), each padded to its own longest row
 
 Each peer runs in its own subprocess (peak RSS is per peer) with the same torch thread count.
 samples/s = training rows / training wall time. Training time starts when the peer's train call
@@ -124,12 +125,12 @@ def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import worker.loop as loop
+    import worker.training.loop as loop
     from core.jobspec import Hyperparameters
     from core.settings import Settings
     from core.store import bundled_model_path
-    from worker.classification import build_classification_task
-    from worker.recording import RecordingSink
+    from worker.families.classification.task import build_classification_task
+    from worker.training.recording import RecordingSink
 
     timings = {"eval_s": 0.0, "checkpoint_s": 0.0, "probe_s": 0.0, "eval_cpu_s": 0.0}
 
@@ -255,7 +256,7 @@ def run_d(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from core.store import bundled_model_path
-    from worker.data_order import epoch_windows
+    from worker.training.data_order import epoch_windows
 
     device = _device(torch, args.device)
     path = str(bundled_model_path())

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     # after this long. A duplicate delivery of a live job is dropped by the lease check.
     broker_visibility_timeout_s: int = 600
     # The worker touches this file while its broker and database answer; `python -m
-    # worker.health` (compose's health check) fails once it is stale. Unset: no file.
+    # worker.job.health` (compose's health check) fails once it is stale. Unset: no file.
     worker_health_file: Path | None = None
     # How often the worker checks and touches it; stale after 4 intervals.
     worker_health_interval_s: float = 15.0

@@ -51,6 +51,15 @@ def tokenizer_options(trust_remote_code: bool) -> dict[str, Any]:
     return {"trust_remote_code": trust_remote_code}
 
 
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Decoder tokenizers often have no padding token: EOS serves (padding is masked and never a
+    target). ValueError when the tokenizer has neither."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a padding nor an end token")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 def job_dir(models_dir: Path, job_id: str) -> Path:
     return Path(models_dir) / "jobs" / job_id
 

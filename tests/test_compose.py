@@ -67,8 +67,8 @@ def test_health_checks_gate_the_start_order(compose: dict[str, Any]) -> None:
         assert services[name]["depends_on"]["redis"] == {"condition": "service_healthy"}
         assert services[name]["restart"] == "unless-stopped"
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
-    # The worker's check is the beat file its process keeps fresh (worker/health.py).
-    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"]
+    # The worker's check is the beat file its process keeps fresh (worker/job/health.py).
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.job.health"]
     assert _environment(services["worker"])["TUNESERVE_WORKER_HEALTH_FILE"]
     assert (ROOT / "worker" / "health.py").is_file()
 

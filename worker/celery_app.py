@@ -38,7 +38,7 @@ def _start_lease_sweeper(**_: object) -> None:
     does so only after its visibility timeout: the sweep is what guarantees a killed job
     is resumed. It runs beside the solo pool's task in a daemon thread.
     """
-    from worker.recovery import sweep_forever
+    from worker.job.claim import sweep_forever
 
     thread = threading.Thread(
         target=sweep_forever, args=(_sweeper_stop,), name="tuneserve-lease-sweeper", daemon=True
@@ -56,10 +56,10 @@ _health_stop = threading.Event()
 
 @worker_ready.connect
 def _start_health_beat(**_: object) -> None:
-    """Touch the health file while the broker and database answer (see worker/health.py)."""
+    """Touch the health file while the broker and database answer (see worker/job/health.py)."""
     if settings.worker_health_file is None:
         return
-    from worker.health import beat_forever
+    from worker.job.health import beat_forever
 
     threading.Thread(target=beat_forever, name="tuneserve-health",
                      args=(settings.worker_health_file, _health_stop, settings.worker_health_interval_s),

@@ -20,12 +20,11 @@ from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, Sett
 from app.routes.jobs import remove_job, resolve_base_model
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
-from core import jobstate
+from core import catalogue, jobstate
 from core.jobspec import Hyperparameters
 from core.jobstate import ACTIVE_STATES
 from core.queue import TRAIN_TASK, enqueue
 from core.tables import Dataset, Experiment, Job
-from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
 
 log = logging.getLogger("tuneserve.api.experiments")
 router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Authenticated],
@@ -74,9 +73,9 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
     if dataset is None:
         raise HTTPException(404, f"No dataset with id {experiment_in.dataset_id!r}; upload one with "
                                  "POST /datasets.")
-    if dataset.task not in TRAINABLE_TASKS:
+    if dataset.task not in catalogue.TRAINABLE_TASKS:
         raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset; experiments train "
-                                 f"{' and '.join(sorted(TRAINABLE_TASKS))} models.")
+                                 f"{' and '.join(sorted(catalogue.TRAINABLE_TASKS))} models.")
     names = [name.strip() for name in experiment_in.base_models]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -86,10 +85,9 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         raise HTTPException(422, f"{len(names)} base models; an experiment takes at most "
                                  f"{settings.max_experiment_models} (TUNESERVE_MAX_EXPERIMENT_MODELS).")
     experiment_in.base_models = names
-    per_model = {name: with_job_defaults(hp, dataset.task)
+    per_model = {name: catalogue.with_job_defaults(hp, dataset.task)
                  for name, hp in _hyperparameters_per_model(experiment_in).items()}
-    family = FAMILIES[dataset.task]
-    allowed = family.metric_names(dataset.task)
+    allowed = catalogue.entry_for(dataset.task).metrics
     for name, hp in per_model.items():
         if hp.metric_for_best_model not in allowed:
             raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} (for {name!r}) "
@@ -110,7 +108,7 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         # Each override as validated (coerced and in the job's terms), not as sent.
         "overrides": {name: {k: per_model[name].model_dump(mode="json")[k] for k in override}
                       for name, override in experiment_in.overrides.items()},
-        "primary_metric": with_job_defaults(experiment_in.hyperparameters,
+        "primary_metric": catalogue.with_job_defaults(experiment_in.hyperparameters,
                                             dataset.task).metric_for_best_model,
     })
     jobs: list[Job] = []
@@ -152,9 +150,8 @@ def _public(session: Session, experiment: Experiment, *, detailed: bool,
             jobs: list[Job] | None = None) -> ExperimentPublic:
     if jobs is None:
         jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
-    family = FAMILIES.get(experiment.task)
     metric = experiment.primary_metric
-    greater = family.greater_is_better(metric) if family is not None else metric != "loss"
+    greater = catalogue.greater_is_better(experiment.task, metric)
     state = board.state_of(experiment, jobs)
     out: dict[str, Any] = {
         "id": experiment.id, "name": experiment.name, "dataset_id": experiment.dataset_id,

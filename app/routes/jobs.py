@@ -24,12 +24,11 @@ from app.schemas.jobs import (
     JobPublic,
     JobsPublic,
 )
-from core import jobstate, store
+from core import catalogue, jobstate, store
 from core.jobstate import ACTIVE_STATES, RESUMABLE_STATES, JobState
 from core.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from core.settings import Settings
 from core.tables import Dataset, Job, TunedModel
-from worker.families import FAMILIES, TRAINABLE_TASKS, with_job_defaults
 
 log = logging.getLogger("tuneserve.api.jobs")
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
@@ -141,18 +140,16 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
     dataset = principal.visible(session.get(Dataset, job_in.dataset_id))
     if dataset is None:
         raise HTTPException(404, f"No dataset with id {job_in.dataset_id!r}; upload one with POST /datasets.")
-    if dataset.task not in TRAINABLE_TASKS:
+    if dataset.task not in catalogue.TRAINABLE_TASKS:
         raise HTTPException(422, f"Dataset {dataset.id} is a {dataset.task!r} dataset, which no task family "
-                                 f"trains; trainable: {', '.join(sorted(TRAINABLE_TASKS))}.")
-    family = FAMILIES[dataset.task]
-    hp = with_job_defaults(job_in.hyperparameters, dataset.task)
-    allowed = family.metric_names(dataset.task)
+                                 f"trains; trainable: {', '.join(sorted(catalogue.TRAINABLE_TASKS))}.")
+    hp = catalogue.with_job_defaults(job_in.hyperparameters, dataset.task)
+    allowed = catalogue.entry_for(dataset.task).metrics
     if hp.metric_for_best_model not in allowed:
         raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} does not exist for "
                                  f"{dataset.task} jobs; choose one of {sorted(allowed)}.")
     if dataset.task != "chat":
-        chat_fields = ("system_prompt", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
-        chat_only = [k for k in chat_fields if k in hp.model_fields_set]
+        chat_only = [k for k in catalogue.CHAT_ONLY_FIELDS if k in hp.model_fields_set]
         chat_only += ["finetuning"] if hp.finetuning == "lora" else []
         chat_only += ["quantization"] if hp.quantization in ("8bit", "4bit") else []
         if chat_only:
@@ -336,8 +333,7 @@ def read_job_metrics(
     for p in points:
         series.setdefault(p.kind, []).append({"step": p.step, "epoch": p.epoch, **p.values})
     metric = job.best_metric_name or "loss"
-    family = FAMILIES.get(job.task)
-    greater_is_better = family.greater_is_better(metric) if family is not None else metric != "loss"
+    greater_is_better = catalogue.greater_is_better(job.task, metric)
     return {**series, "summary": _summary(series["eval"], metric, greater_is_better),
             "comparison": job.comparison}
 

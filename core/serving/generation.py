@@ -19,9 +19,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
 from core import store
+from core.chat import with_system_prompt
 from core.settings import get_settings
 
-# A tokenizer with no template of its own was trained with this one (worker/chat.py): the same
+# A tokenizer with no template of its own was trained with this one (worker/families/chat/task.py): the same
 # text must reach the model at serving time, so the template is saved with the tokenizer.
 
 
@@ -107,8 +108,7 @@ class ChatRuntime:
         self.system_prompt, self.eos_ids = system_prompt, eos_ids
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        messages = with_system_prompt(messages, self.system_prompt)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -207,8 +207,7 @@ class ChatModels:
             else:
                 base = self._bases[str(spec.path)] = LoadedBase(str(spec.path), self.device)
                 adapter = None
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            store.ensure_pad_token(tokenizer)
             runtime = ChatRuntime(base, tokenizer, adapter, spec.system_prompt,
                                   eos_ids_of(base.model, tokenizer))
             self._runtimes[spec.model_id] = runtime

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from core.devices import pick_device as serving_device
 from core.settings import get_settings
 from core.store import load_options, tokenizer_options
 
@@ -41,14 +42,6 @@ def plan_chunks(lengths: Sequence[int], *, overhead_tokens: int) -> list[int]:
         ends.append(end)
         end = cut[end]
     return ends[::-1]
-
-
-def serving_device(name: str | None) -> torch.device:
-    if name in (None, "", "cpu"):
-        return torch.device("cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import torch
 
 from tests.conftest import make_tiny_classifier
-from worker.classification import ClassificationTask, build_classification_task
-from worker.config import TrainConfig
-from worker.protocols import Example
+from worker.families.classification.task import ClassificationTask, build_classification_task
+from worker.training.config import TrainConfig
+from worker.training.protocols import Example
 
 LABELS = ["sports", "politics", "tech"]
 KEYWORDS = {
@@ -107,3 +107,17 @@ def record_windows(task: ClassificationTask) -> list[list[int]]:
 
     task.loss_units = loss_units  # type: ignore[method-assign]
     return windows
+
+
+def make_trainer(task: ClassificationTask, config: TrainConfig, state: Any = None) -> Any:
+    """The loop's step machinery over `task` on the CPU, as run_training sets it up."""
+    from worker.training.config import LoopState
+    from worker.training.micro_batch import Trainer
+    from worker.training.optim import build_optimizer, build_scheduler
+    from worker.training.recording import RecordingSink
+
+    optimizer = build_optimizer(task.model, config, torch.device("cpu"))
+    return Trainer(task=task, config=config, sink=RecordingSink(), model=task.model,
+                   device=torch.device("cpu"), autocast_dtype=None,
+                   scaler=torch.amp.GradScaler("cpu", enabled=False), state=state or LoopState(),
+                   optimizer=optimizer, scheduler=build_scheduler(optimizer, config, 10))

@@ -1,0 +1,69 @@
+"""One attempt at a job between its claim and its outcome: read the job's row, build its
+TrainingTask through the dataset task's family, run the loop, register the tuned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core import store
+from core.db import session_scope
+from core.jobspec import Hyperparameters
+from core.jobstate import JobState
+from core.settings import get_settings
+from core.tables import Dataset, Job, TunedModel
+from worker.families import family_for
+from worker.job.outcome import compare_quietly, register_model
+from worker.job.sink import SqlSink
+from worker.training.config import TrainConfig
+from worker.training.errors import TrainingError
+from worker.training.loop import run_training
+
+
+def base_model_source(session: Session, job: Job) -> str | None:
+    """What from_pretrained loads for the job's base model: a tuned model's directory, the
+    bundled model's path, or the hub name / local path as given. None when the tuned model
+    it names was deleted."""
+    if job.base_model_id:
+        tuned = session.get(TunedModel, job.base_model_id)
+        return str(tuned.path) if tuned is not None else None
+    return store.resolve_base_model(job.base_model)
+
+
+def run_job(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
+    """Train the job to its end (or its cancel); returns the final state and the row's fields."""
+    settings = get_settings()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        if dataset is None:
+            return JobState.FAILED, {"error": "The job's dataset was deleted before the job ran; upload "
+                                     "the data again and start a new job.", "error_kind": "data"}
+        base_model_path = base_model_source(session, job)
+        if base_model_path is None:
+            raise TrainingError(f"Base model {job.base_model_id} was deleted before the job ran; "
+                                "start the job again from another model.")
+        hp = Hyperparameters.model_validate(job.hyperparameters)
+        dataset_dir, labels, task = Path(dataset.storage_path), list(dataset.labels), dataset.task
+
+    family = family_for(task)
+    config = TrainConfig.from_hyperparameters(hp, settings)
+    training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
+    for kind, message, data in family.setup_events(training_task, config):
+        sink.event(kind, message, data)
+    result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)
+    if result.cancelled:
+        return JobState.CANCELLED, {}
+    checkpoint = result.best_checkpoint if hp.load_best_model_at_end and result.best_checkpoint else None
+    checkpoint = checkpoint or result.last_checkpoint
+    if checkpoint is None:
+        return JobState.FAILED, {"error": "Training ended without a checkpoint to export (no optimizer "
+                                 "step ran).", "error_kind": "bug"}
+    model_id = register_model(job_id, Path(checkpoint), result, labels, task, hp)
+    sink.event("model_ready", f"Tuned model {model_id} is ready to serve.", {"model_id": model_id,
+               "checkpoint": str(checkpoint)})
+    compare_quietly(job_id, task, model_id, sink)
+    return JobState.SUCCEEDED, {"model_id": model_id, "progress": 1.0}
