@@ -53,7 +53,7 @@ def _local_plan(request: dict[str, Any]) -> dict[str, Any]:
     from app.schemas.plan import PlanCreate
     from core import store
     from core.planning import PlanError, PlanRequest, gpu_of_size, plan_for_source
-    from worker.families import with_job_defaults
+    from core.catalogue import with_job_defaults
 
     try:
         plan_in = PlanCreate.model_validate(request)

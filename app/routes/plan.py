@@ -13,7 +13,7 @@ from app.schemas.plan import MemoryPlanPublic, PlanCreate
 from core import store
 from core.planning import PlanError, PlanRequest, gpu_of_size, plan_for_source
 from core.tables import TunedModel
-from worker.families import with_job_defaults
+from core.catalogue import with_job_defaults
 
 router = APIRouter(prefix="/plan", tags=["plan"], dependencies=[Authenticated],
                    responses=errors(401, 413, 422))
