@@ -52,8 +52,8 @@ def _local_plan(request: dict[str, Any]) -> dict[str, Any]:
 
     from app.schemas.plan import PlanCreate
     from core import store
-    from core.planning import PlanError, PlanRequest, gpu_of_size, plan_for_source
     from core.catalogue import with_job_defaults
+    from core.planning import PlanError, PlanRequest, gpu_of_size, plan_for_source
 
     try:
         plan_in = PlanCreate.model_validate(request)

@@ -126,7 +126,7 @@ def download_model(
 
     staging = Path(tempfile.mkdtemp(prefix=f".merge-{model_id}-", dir=settings.data_dir))
     try:
-        merge_to_directory(read_spec(model_id, directory), staging / model_id)
+        merged_into = merge_to_directory(read_spec(model_id, directory), staging / model_id)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -139,5 +139,7 @@ def download_model(
 
     return StreamingResponse(
         stream(), media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"'},
+        headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"',
+                 # Also in the archive's tuneserve.json (merged_into).
+                 "X-Tuneserve-Merged-Into": merged_into.encode("ascii", "replace").decode()},
     )

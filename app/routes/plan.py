@@ -11,9 +11,9 @@ from app.routes.jobs import resolve_base_model
 from app.schemas.common import errors
 from app.schemas.plan import MemoryPlanPublic, PlanCreate
 from core import store
+from core.catalogue import with_job_defaults
 from core.planning import PlanError, PlanRequest, gpu_of_size, plan_for_source
 from core.tables import TunedModel
-from core.catalogue import with_job_defaults
 
 router = APIRouter(prefix="/plan", tags=["plan"], dependencies=[Authenticated],
                    responses=errors(401, 413, 422))

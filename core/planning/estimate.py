@@ -60,6 +60,8 @@ class Workload:
     # bytes per non-quantized weight of a 4/8-bit model: its compute dtype (bf16 or fp16 on a
     # GPU, fp32 on the CPU)
     compute_dtype_bytes: int = 2
+    # the CUDA allocator's and cuBLAS's fixed reserve; nothing of the kind on the CPU
+    overhead_fixed_bytes: int = OVERHEAD_FIXED_BYTES
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def estimate(shape: ModelShape, option: Option, workload: Workload) -> Terms:
     moments = 2 * trainable * (1 if option.optimizer == "adamw_8bit" else trainable_bytes)
     fixed, per_sample = _activations(shape, option, workload)
     return Terms(weights=weights, gradients=gradients, optimizer=moments,
-                 activations_fixed=fixed, activations_per_sample=per_sample)
+                 activations_fixed=fixed, activations_per_sample=per_sample,
+                 overhead_fixed=workload.overhead_fixed_bytes)
 
 
 def _activations(shape: ModelShape, option: Option, workload: Workload) -> tuple[int, int]:

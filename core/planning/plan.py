@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.planning.device import GIB, DeviceMemory
-from core.planning.estimate import Optimizer, Option, Quantization, Terms, Workload, estimate
+from core.planning.estimate import (
+    OVERHEAD_FIXED_BYTES,
+    Optimizer,
+    Option,
+    Quantization,
+    Terms,
+    Workload,
+    estimate,
+)
 from core.planning.shapes import ModelShape
 
 if TYPE_CHECKING:
@@ -192,7 +200,8 @@ def workload_for(request: PlanRequest, shape: ModelShape, device: DeviceMemory) 
         sequence = min(sequence, shape.max_positions)
     return Workload(lora=request.lora, lora_r=request.lora_r, lora_dropout=request.lora_dropout,
                     sequence_length=int(sequence), activation_bytes=2 if sixteen else 4,
-                    compute_dtype_bytes=2 if device.kind == "cuda" else 4)
+                    compute_dtype_bytes=2 if device.kind == "cuda" else 4,
+                    overhead_fixed_bytes=OVERHEAD_FIXED_BYTES if device.kind == "cuda" else 0)
 
 
 def candidates(request: PlanRequest) -> tuple[list[Quantization], list[Optimizer], list[bool]]:
