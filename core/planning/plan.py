@@ -189,7 +189,7 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
 
 
 def _gib(n: int) -> float:
-    return round(n / GIB, 3)
+    return round(n / GIB, 6)  # six places: a tiny test model needs a few MB
 
 
 def workload_for(request: PlanRequest, shape: ModelShape, device: DeviceMemory) -> Workload:

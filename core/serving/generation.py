@@ -210,7 +210,8 @@ class ChatModels:
             if spec.adapter:
                 assert spec.base_path is not None
                 # Every adapter of one base in one precision shares one copy of it.
-                key = spec.base_path if spec.quantization == "none" else f"{spec.base_path}@{spec.quantization}"
+                key = spec.base_path if spec.quantization == "none" \
+                    else f"{spec.base_path}@{spec.quantization}"
                 base = self._bases.get(key)
                 if base is None:
                     base = self._bases[key] = LoadedBase(spec.base_path, self.device, spec.quantization)

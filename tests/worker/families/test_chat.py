@@ -217,6 +217,8 @@ def test_qlora_trains_a_4_bit_base_with_8_bit_adamw_and_resumes_to_the_same_adap
     assert json.loads((best / "tuneserve.json").read_text())["quantization"] == "4bit"
 
 
-def test_a_quantized_full_fine_tune_is_refused_in_words(tiny_qlora_lm_dir: Path, chat_dataset_dir: Path) -> None:
+def test_a_quantized_full_fine_tune_is_refused_in_words(tiny_qlora_lm_dir: Path,
+                                                        chat_dataset_dir: Path) -> None:
     with pytest.raises(TrainingError, match="a full fine-tune cannot"):
-        build_chat_task(chat_dataset_dir, str(tiny_qlora_lm_dir), _config(quantization="8bit", finetuning="full"))
+        build_chat_task(chat_dataset_dir, str(tiny_qlora_lm_dir),
+                        _config(quantization="8bit", finetuning="full"))
