@@ -21,15 +21,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The dashboard test opens the page in Debian's chromium: installed here when missing and apt-get
-# can (root); otherwise that one test is skipped and says why.
+# can (root); otherwise that one test is skipped and says why. fonts-noto-cjk draws the Hangul of
+# the Korean datasets in its screenshots (without a Korean font it shows as empty boxes).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium (Debian) for the dashboard test"; \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	    echo "installing chromium and fonts-noto-cjk (Debian) for the dashboard test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk >/dev/null; } \
 	      || echo "could not install chromium: the dashboard browser test will be skipped"; \
 	  else \
-	    echo "chromium is missing and apt-get cannot install it here: the dashboard browser test will be skipped"; \
+	    echo "chromium or fonts-noto-cjk is missing and apt-get cannot install it here: the dashboard browser test is skipped without chromium, and its screenshots show Hangul as boxes without the fonts"; \
 	  fi; }
 
 run: setup

@@ -1,19 +1,11 @@
-"""The `tuneserve` command. `tuneserve up`: the whole service on one machine, in one command.
-
-Applies the migrations, then runs the API (uvicorn) and one training worker (Celery, solo
-pool) as child processes, restarts the worker if it dies (its job resumes from the last
-checkpoint), and stops both on Ctrl-C.
-"""
+"""The `tuneserve` command. `tuneserve up`: the whole service on one machine, in one command
+(app/supervisor.py: the API and a training worker as child processes, stopped on Ctrl-C without
+losing the running job's work)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
-import time
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -21,86 +13,12 @@ import typer
 from app.client.commands import register
 from app.client.plan import register as register_plan
 from app.migrate import upgrade_head
+from app.supervisor import up
 from core.settings import get_settings
-
-# A worker that dies faster than this after its start is failing to start, not crashing:
-# stop instead of restarting it in a tight loop.
-MIN_WORKER_UPTIME_S = 10.0
-STOP_GRACE_S = 15.0
 
 
 def _say(message: str) -> None:
     print(f"tuneserve: {message}", flush=True)
-
-
-def _api_command(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
-
-
-def _worker_command(loglevel: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-            "--concurrency", "1", "--queues", "training", "--loglevel", loglevel,
-            "--hostname", f"tuneserve-{os.getpid()}@%h"]
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def up(host: str, port: int, loglevel: str) -> int:
-    settings = get_settings()
-    settings.ensure_dirs()
-    upgrade_head(settings.database_url)
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Children must not re-run the migrations concurrently: they were applied just above.
-    env["TUNESERVE_AUTO_MIGRATE"] = "false"
-    db = settings.database_url.split("@")[-1]
-    _say(f"database {db}; broker {settings.broker_url.split('@')[-1]}; models in {settings.models_dir}")
-
-    stopping = False
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-
-    # New sessions: Ctrl-C reaches only this supervisor, which stops the children in order.
-    api = subprocess.Popen(_api_command(host, port), env=env, start_new_session=True)
-    worker = subprocess.Popen(_worker_command(loglevel), env=env, start_new_session=True)
-    worker_started = time.monotonic()
-    _say(f"API on http://{host}:{port} (docs at /docs); worker pid {worker.pid}. Ctrl-C stops both.")
-    code = 0
-    while not stopping:
-        time.sleep(0.5)
-        if api.poll() is not None:
-            _say(f"the API exited with code {api.returncode}; stopping")
-            code = api.returncode or 1
-            break
-        if worker.poll() is not None:
-            if time.monotonic() - worker_started < MIN_WORKER_UPTIME_S:
-                _say(f"the worker exited with code {worker.returncode} right after starting; stopping")
-                code = worker.returncode or 1
-                break
-            _say(f"the worker exited with code {worker.returncode}; starting a new one "
-                 "(a running job resumes from its last checkpoint)")
-            worker = subprocess.Popen(_worker_command(loglevel), env=env, start_new_session=True)
-            worker_started = time.monotonic()
-    _say("stopping the worker (a running job resumes from its last checkpoint next time) and the API")
-    # SIGQUIT is Celery's cold shutdown: it does not wait for a training job to finish.
-    _stop(worker, signal.SIGQUIT)
-    _stop(api, signal.SIGTERM)
-    _say("stopped")
-    return code
 
 
 def keys(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.auth import LOCAL_ADMIN, Principal, verify_key
+from app.removal import Removal
+from app.serving.generations import Generations, generations
 from app.serving.predictor import Predictor
 from core.db import new_session
 from core.settings import Settings, get_settings
@@ -37,6 +39,17 @@ async def get_predictor(request: Request) -> Predictor:
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+# The loaded chat models: /generate serves from them, a deleted model leaves them.
+GenerationsDep = Annotated[Generations, Depends(generations)]
+
+
+def get_removal(session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
+                generations: GenerationsDep) -> Removal:
+    return Removal(session, settings, predictor, generations)
+
+
+# Deleting jobs and models, over the request's own session (FastAPI hands the route the same one).
+RemovalDep = Annotated[Removal, Depends(get_removal)]
 
 
 def _lookup_key(presented: str) -> Principal | None:

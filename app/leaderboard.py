@@ -117,9 +117,22 @@ def leaderboard(experiment: Experiment, jobs: Sequence[Job], points: Sequence[Me
     return _ranked(rows, metric, greater_is_better), baselines
 
 
+# Scores this close are a tie: the same figure computed on the same rows, up to float noise.
+TIE_DIGITS = 9
+
+
+def _rank_key(row: LeaderboardRow, metric: str, greater_is_better: bool) -> tuple[float, float, float]:
+    """Best score first; a tie goes to the faster model, then the smaller one (unknown last):
+    with equal quality, the cheaper model to train and to serve is the better choice."""
+    score = round(row.validation[metric], TIE_DIGITS)
+    seconds = row.training_time_s if row.training_time_s is not None else float("inf")
+    parameters = float(row.parameters) if row.parameters is not None else float("inf")
+    return (-score if greater_is_better else score, seconds, parameters)
+
+
 def _ranked(rows: list[LeaderboardRow], metric: str, greater_is_better: bool) -> list[LeaderboardRow]:
     scored = [r for r in rows if metric in r.validation]
-    scored.sort(key=lambda r: r.validation[metric], reverse=greater_is_better)
+    scored.sort(key=lambda r: _rank_key(r, metric, greater_is_better))
     for rank, row in enumerate(scored, start=1):
         row.rank = rank
     return scored + [r for r in rows if metric not in r.validation]

@@ -11,9 +11,24 @@ from fastapi import FastAPI
 from app import dashboard
 from app.errors import install_error_handlers
 from app.limits import RequestBodyLimit
-from app.routes import datasets, events, experiments, generate, health, jobs, models, plan, predict
+from app.methods import MethodsAllowed
+from app.openapi import install_documented_limits
+from app.routes import (
+    datasets,
+    events,
+    experiments,
+    generate,
+    health,
+    jobs,
+    models,
+    openai,
+    plan,
+    predict,
+    predict_file,
+)
 from app.serving.predictor import Predictor
 from app.telemetry import RequestMetrics
+from core.logging import demote_polling, quiet_libraries
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("tuneserve.api")
@@ -34,6 +49,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await app.state.predictor.aclose()
+        generations = getattr(app.state, "generations", None)
+        if generations is not None:
+            await generations.aclose()  # the decoding threads end with the app
 
 
 def _sweep_orphans(settings: Settings) -> None:
@@ -49,14 +67,21 @@ def _sweep_orphans(settings: Settings) -> None:
 
 
 def create_app() -> FastAPI:
+    quiet_libraries()
+    demote_polling()
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    for module in (health, datasets, jobs, events, models, predict, experiments, generate, plan):
+    for module in (health, datasets, jobs, events, models, predict, predict_file, experiments, generate,
+                   plan):
         app.include_router(module.router)
+    openai.mount(app)  # /v1: OpenAI's API over the same rows
     dashboard.mount(app)
     app.add_middleware(RequestBodyLimit)
+    app.add_middleware(MethodsAllowed, routes=app.router.routes)
     # Added last, so it runs first: it sees the 413s and 401s the others answer too.
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
+    install_documented_limits(app)
+    openai.install_errors(app)  # after the native handlers: /v1 answers OpenAI's error object
     return app
 
 

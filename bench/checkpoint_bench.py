@@ -49,16 +49,20 @@ def one_run(dataset_dir: Path, steps: int, threads: int) -> dict[str, Any]:
     from worker.training.recording import RecordingSink
 
     config = TrainConfig(max_steps=steps, batch_size=16, micro_batch_size=16, learning_rate=5e-5,
-                         max_seq_length=128, eval_strategy="epoch", logging_steps=1, device="cpu",
-                         torch_threads=threads, keep_last_checkpoints=1, checkpoint_interval_s=0.0)
+                         max_seq_length=128, eval_strategy="steps", eval_steps=5, logging_steps=1,
+                         device="cpu", torch_threads=threads, checkpoint_interval_s=0.0,
+                         # The service's default: the last 2 and the best are kept while it runs.
+                         keep_last_checkpoints=2)
     task = build_classification_task(dataset_dir, ["negative", "positive"], False,
                                      str(bundled_model_path()), config)
     save_s: list[float] = []
+    held_bytes: list[int] = []  # the job's checkpoints on disk between two saves (after rotation)
     save = worker.training.loop.save_checkpoint
 
-    def timed_save(*args: Any, **kwargs: Any) -> Path:
+    def timed_save(trainer: Any, root: Path) -> Path:
+        held_bytes.append(dir_size_bytes(root) if root.is_dir() else 0)
         started = time.perf_counter()
-        path = save(*args, **kwargs)
+        path = save(trainer, root)
         save_s.append(time.perf_counter() - started)
         return path
 
@@ -74,7 +78,7 @@ def one_run(dataset_dir: Path, steps: int, threads: int) -> dict[str, Any]:
         worker.training.loop.save_checkpoint = save
     step_s = [16 / p[2]["samples_per_second"] for p in sink.train_points]
     return {"steps": steps, "save_s": save_s, "step_s": step_s, "checkpoint_bytes": size,
-            "training_state_bytes": state}
+            "training_state_bytes": state, "held_bytes": held_bytes}
 
 
 def main() -> None:
@@ -97,6 +101,9 @@ def main() -> None:
         "step_s_median": statistics.median(steps), "step_s_min": steps[0],
         "checkpoints": len(saves), "checkpoint_mb": run["checkpoint_bytes"] / 2**20,
         "training_state_mb": run["training_state_bytes"] / 2**20,
+        # Disk the running job's checkpoints take (the last 2 and the best, only the newest with
+        # its optimizer state): the largest figure between two saves.
+        "checkpoints_held_mb_max": max(run["held_bytes"]) / 2**20,
         "overhead_at_600_s": cost_s / 600, "overhead_at_60_s": cost_s / 60,
         "threads": args.threads, "load_average_1m": [load_before, load_after], "run": run,
     }

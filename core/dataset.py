@@ -3,7 +3,8 @@
 
 Columns: `row` int64 (1-based data row in the uploaded file), `text` string, and `label` int64
 (single_label: index into the dataset's labels) or list<int64> (multi_label: indices of the
-positive labels), or `messages` list<struct<role, content>> (chat, no `label`). The directory
+positive labels), or `messages` list<struct<role, content, weight>> (chat, no `label`; `weight`
+int64 is 0 for an assistant turn left out of the loss, 1 or null otherwise). The directory
 is renamed into place whole, so a reader never sees half a dataset.
 
 Names only, no pyarrow: the API imports this at start.
@@ -28,6 +29,7 @@ MESSAGES = "messages"
 # The fields of one `messages` item.
 ROLE = "role"
 CONTENT = "content"
+WEIGHT = "weight"
 
 
 def split_path(dataset_dir: Path, split: str) -> Path:

@@ -24,7 +24,9 @@ WRITE_ATTEMPTS = 6
 
 @lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
-    url = url or get_settings().database_url
+    if not url:
+        # The settings' URL by name, so get_engine() and get_engine(that URL) share one pool.
+        return get_engine(get_settings().database_url)
     if url.startswith("sqlite"):
         # The API and the worker are separate processes writing one file: wait on a lock
         # instead of failing, and let readers proceed while a writer commits (WAL).

@@ -3,15 +3,61 @@ worker (which reads it back from the job row), so neither reaches into the other
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
 
 # Step counts are stored in 32-bit SQL integers; numpy and torch take 32-bit seeds.
 MAX_INT32 = 2**31 - 1
 MAX_SEED = 2**32 - 1
+# The rule of _storable_text as JSON Schema states it (no NUL byte), so the OpenAPI document
+# says it; a lone surrogate cannot occur in a JSON document's well-formed text anyway.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 
 
+def _scalar_kind(annotation: Any) -> str | None:
+    """'boolean' or 'number' for a field typed bool or int/float (optional or annotated)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        return _scalar_kind(inner[0]) if len(inner) == 1 else None
+    if annotation is bool:
+        return "boolean"
+    return "number" if annotation in (int, float) else None
+
+
+_JSON_NAMES = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
+
+
+class JsonTypes(BaseModel):
+    """A payload read with JSON's own types: a boolean is not a number (pydantic's lax mode
+    takes `true` as 1), a string is neither (nor "1" a number); 32.0 is still the integer 32,
+    as JSON Schema has it."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_types(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or info.field_name is None:
+            return value
+        kind = _scalar_kind(cls.model_fields[info.field_name].annotation)
+        wrong = (kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float))) or (
+            kind == "boolean" and not isinstance(value, bool))
+        if wrong:
+            given = _JSON_NAMES.get(type(value), type(value).__name__)
+            raise ValueError(f"must be a JSON {kind}, not {given}")
+        return value
 
 
 def _storable_text(value: str) -> str:
@@ -26,16 +72,25 @@ def _storable_text(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_storable_text)]
+Text = Annotated[str, AfterValidator(_storable_text), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 # A module name as peft matches it (a suffix such as q_proj, or a dotted path).
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.]+$")]
 
 
-class Hyperparameters(BaseModel):
+# What _check_consistency enforces, as far as JSON Schema can state it: eval_strategy "steps"
+# needs an eval_steps that is a number. (That micro_batch_size divides batch_size is arithmetic
+# between two fields, which JSON Schema cannot state: the field descriptions say it.)
+_EVAL_STEPS_RULE: JsonDict = {
+    "if": {"properties": {"eval_strategy": {"const": "steps"}}, "required": ["eval_strategy"]},
+    "then": {"properties": {"eval_steps": {"type": "integer"}}, "required": ["eval_steps"]},
+}
+
+
+class Hyperparameters(JsonTypes):
     """Every field is optional; the defaults follow the seed scripts users already run."""
 
     # NaN and Infinity are valid JSON to Python's parser, but no learning rate or ratio.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_EVAL_STEPS_RULE)
 
     epochs: float = Field(3.0, gt=0, le=100, description="Passes over the training split.")
     max_steps: int | None = Field(
@@ -50,7 +105,7 @@ class Hyperparameters(BaseModel):
     )
     micro_batch_size: int | None = Field(
         None, ge=1, le=4096,
-        description="Force this micro-batch instead of probing (must divide batch_size).",
+        description="Force this micro-batch instead of probing (must divide batch_size, else a 422).",
     )
     eval_batch_size: int | None = Field(None, ge=1, le=4096, description="Default: probed, like training.")
     max_seq_length: int = Field(128, ge=8, le=8192, description="Longer texts are truncated.")

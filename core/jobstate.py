@@ -6,6 +6,7 @@ settle in the database and never need a lock: the loser sees False and leaves th
     queued --cancel_queued / fail_queued--> cancelled / failed   (no worker holds it)
     running --take_over--> running          (a new attempt, once the lease ran out)
     running --hand_back--> running          (lease cleared: the sweep queued it again)
+    running --stop_to_queue--> queued       (its worker is stopping: the next one resumes it)
     failed | cancelled --requeue_to_resume--> queued
 
 The functions take the caller's session and do not commit: a route writes the state and its
@@ -68,6 +69,12 @@ def renew_lease(session: Session, *, job_id: str, token: str) -> bool:
     """The owner's heartbeat; False once another attempt owns the job or it ended."""
     return _applied(session, Job.id == job_id, Job.worker == token, Job.state == JobState.RUNNING,
                     heartbeat_at=utcnow())
+
+
+def stop_to_queue(session: Session, *, job_id: str, token: str) -> bool:
+    """running → queued by the attempt that owns it, because its worker is stopping."""
+    return _applied(session, Job.id == job_id, Job.worker == token, Job.state == JobState.RUNNING,
+                    state=JobState.QUEUED, worker=None, heartbeat_at=None)
 
 
 def hand_back(session: Session, *, job_id: str, cutoff: datetime) -> bool:

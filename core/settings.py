@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     fault_oom_from_step: int = 0
     # Raise an out-of-memory error whenever an evaluation batch is larger than this.
     fault_oom_above_eval_batch: int | None = None
+    # Raise an out-of-memory error whenever a generation batch has more rows than this.
+    fault_oom_above_generate_rows: int | None = None
     # Sleep this long after every optimizer step, so tests can act on a job mid-run.
     fault_step_delay_s: float = 0.0
     # Fail every checkpoint write from this optimizer step on with "No space left on device",
@@ -197,10 +199,26 @@ class Settings(BaseSettings):
     # generation holds a CPU core or a GPU slice for seconds, queueing them hides the wait).
     generate_max_prompt_tokens: int = Field(default=2048, ge=16)
     generate_max_new_tokens: int = Field(default=512, ge=1)
-    generate_max_concurrent: int = Field(default=2, ge=1)
-    # Held-out prompts the comparison generates for with the base and the tuned model, and the
-    # reply length there (greedy decoding, so the report is reproducible).
-    compare_max_prompts: int = Field(default=64, ge=1)
+    # One decoding batch of one base (core/serving/engine.py) holds at most this many tokens:
+    # rows x the longest (prompt + max_new_tokens) among them. It bounds the KV cache, which
+    # grows with every row and token (2 x layers x kv heads x head dim x bytes: 128 KiB a token
+    # for an 8B Llama in bf16, so 32,768 tokens is 4 GiB beside the weights). An out-of-memory
+    # error still halves the batch and retries, so too high costs a retry, not a failure.
+    generate_max_batch_tokens: int = Field(default=32_768, ge=64)
+    # Rows in one decoding batch: past ~64 a CPU gains nothing, and on a GPU the step time
+    # starts growing with the batch, which every streaming client then waits for.
+    generate_max_batch_rows: int = Field(default=64, ge=1)
+    # An idle base waits this long for requests sent together before its first prefill; a busy
+    # one admits newcomers at the next decoding step without waiting.
+    generate_max_wait_ms: float = Field(default=5.0, ge=0)
+    # Tokens queued for generation over all models (prompt + max_new_tokens of every waiting
+    # and running request): past this, /generate answers 429 with a Retry-After from the recent
+    # decoding rate. Counted in tokens, not requests: a 2,000-token prompt is not a 20-token one.
+    generate_max_queued_tokens: int = Field(default=262_144, ge=64)
+    # Held-out prompts the comparison generates for with the base and the tuned model (None:
+    # the whole held-out split; the cap and the count scored are in the report), and the reply
+    # length there (greedy decoding, so the report is reproducible).
+    compare_max_prompts: int | None = Field(default=None, ge=1)
     compare_max_new_tokens: int = Field(default=64, ge=1)
 
     # --- API keys and limits per key ------------------------------------------------------

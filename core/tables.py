@@ -10,7 +10,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -74,6 +86,8 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     # Directory holding train.parquet / validation.parquet / test.parquet.
     storage_path: Mapped[str] = mapped_column(Text)
+    # "fine-tune" for a file uploaded through /v1/files (those are what /v1/files lists).
+    purpose: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="dataset", passive_deletes=True)
@@ -125,6 +139,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # What only the OpenAI-compatible API (/v1/fine_tuning/jobs) speaks of; null for other jobs.
+    suffix: Mapped[str | None] = mapped_column(String(64))  # in the model name ft:<base>:<suffix>:<id>
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    training_file: Mapped[str | None] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40))
+    # Paused: cancelled at the caller's request to continue later; /v1 shows it as "paused".
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The hyperparameters as sent, what each became ("auto" resolved) and why.
+    fine_tuning: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     dataset: Mapped[Dataset | None] = relationship(back_populates="jobs")
 

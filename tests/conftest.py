@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -50,6 +51,40 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def kill_own_connections(database_url: str) -> int:
+    """pg_terminate_backend for the connections of one test's database_url only (found by the
+    application_name the fixture gives them); waits for each to end. Returns how many."""
+    name = database_url.split("application_name=")[1]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return len(conn.execute(text(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": name}).all())
+    finally:
+        admin.dispose()
+
+
+def read_training_queue(broker_url: str, timeout_s: float = 5.0) -> list[tuple[dict[str, Any], Any]]:
+    """(headers, body) of every message on the worker's queue of a real broker, each
+    acknowledged: what a worker would be handed. Celery's protocol 2 body is (args, kwargs, embed)."""
+    from kombu import Connection
+
+    from core.queue import TRAINING_QUEUE
+
+    found: list[tuple[dict[str, Any], Any]] = []
+    with Connection(broker_url) as conn, conn.SimpleQueue(TRAINING_QUEUE) as queue:
+        wait_s = timeout_s  # the first message may take a poll interval to show; the rest are there
+        while True:
+            try:
+                message = queue.get(block=True, timeout=wait_s)
+            except queue.Empty:
+                return found
+            found.append((dict(message.headers), message.decode()))
+            message.ack()
+            wait_s = 0.5
 
 
 @pytest.fixture
@@ -193,6 +228,26 @@ def make_tiny_chat_lm(directory: Path, seed: int = 0, chat_template: str | None 
     )
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)  # type: ignore[attr-defined]
+    return directory
+
+
+def make_chat_adapter(base_dir: Path, directory: Path, seed: int) -> Path:
+    """A random LoRA adapter (q/v_proj) of the tiny chat Llama, its tokenizer beside it, and the
+    tuneserve.json a finished LoRA chat job writes (base_model: the base's directory)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.store import write_model_meta
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    # init_lora_weights=False: random B as well as A, so each adapter changes the replies.
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(directory)
+    write_model_meta(directory, {"task": "chat", "base_model": str(base_dir), "adapter": True})
     return directory
 
 

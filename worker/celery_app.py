@@ -11,8 +11,11 @@ import threading
 
 from celery.signals import worker_ready, worker_shutting_down
 
+from core.logging import quiet_libraries
 from core.queue import TRAINING_QUEUE, make_celery
 from core.settings import get_settings
+
+quiet_libraries()  # before any task imports transformers: they read the switches at import
 
 log = logging.getLogger("tuneserve.worker")
 
@@ -64,6 +67,18 @@ def _start_health_beat(**_: object) -> None:
     threading.Thread(target=beat_forever, name="tuneserve-health",
                      args=(settings.worker_health_file, _health_stop, settings.worker_health_interval_s),
                      daemon=True).start()
+
+
+@worker_ready.connect
+def _install_stop_handlers(**_: object) -> None:
+    """A stop signal keeps the running job's work (worker/job/stop.py): installed once Celery's own
+    handlers are, from the main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("worker_ready outside the main thread: Celery's own stop handlers stay")
+        return
+    from worker.job.stop import install_handlers
+
+    install_handlers()
 
 
 @worker_shutting_down.connect

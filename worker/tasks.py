@@ -7,15 +7,17 @@ A Celery task here is the unit the broker delivers (train, compare); it is not a
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from core import store
 from core.db import session_scope
 from core.jobstate import JobState
-from core.queue import COMPARE_TASK, TRAIN_TASK
+from core.queue import COMPARE_TASK, TRAIN_TASK, enqueue
 from core.settings import get_settings
 from core.tables import Job
 from worker.celery_app import app
-from worker.job.claim import LeaseKeeper, claim_job, new_attempt_token
+from worker.job import stop
+from worker.job.claim import LeaseKeeper, attempt_number, claim_job, new_attempt_token
 from worker.job.errors import classify
 from worker.job.outcome import record_final_state, retain_checkpoints
 from worker.job.sink import SqlSink
@@ -29,19 +31,24 @@ def train(job_id: str) -> None:
     """Run (or resume) one fine-tuning job to a final state."""
     from worker.job.run import run_job  # training code loads in the worker process only
 
+    if stop.stop_requested():
+        # This worker is stopping: the message goes back for the next worker, the job untouched.
+        enqueue(TRAIN_TASK, job_id)
+        return
     token = new_attempt_token()
     claim = claim_job(job_id, token)
     if claim is None:
         log.info("job %s: not claimable (finished, cancelled or alive elsewhere); delivery dropped", job_id)
         return
     settings = get_settings()
+    checkpoints = store.checkpoints_dir(settings.models_dir, job_id)
     with LeaseKeeper(job_id, token, settings.heartbeat_interval_s) as lease:
         sink = SqlSink(job_id, lease, tensorboard_dir=store.job_dir(settings.models_dir, job_id)
-                       / TENSORBOARD_DIRNAME, cancel_check_interval_s=settings.cancel_check_interval_s)
-        if claim == "taken_over":
-            sink.event("attempt", f"Worker {token} took over the job; it resumes from its last checkpoint.")
-        else:
-            sink.event("claimed", f"Worker {token} took the job from the queue.")
+                       / TENSORBOARD_DIRNAME, cancel_check_interval_s=settings.cancel_check_interval_s,
+                       earlier_attempts=attempt_number(job_id) > 1)
+        sink.event("attempt" if claim == "taken_over" else "claimed",
+                   _claim_message(claim, token, checkpoints))
+        stop.running(job_id, token)
         try:
             outcome, fields = run_job(job_id, sink)
         except Exception as exc:
@@ -52,12 +59,30 @@ def train(job_id: str) -> None:
             sink.close()
         if lease.lease_lost.is_set():
             log.warning("job %s: lease lost to another worker; this attempt leaves the job to it", job_id)
+            stop.done()
             return
         # The row's step and progress are written throttled while training: the last figures
         # go in now, so the job row and its metrics agree on where it ended.
         fields = {**sink.last_progress(), **fields}
+        if outcome == JobState.CANCELLED and stop.stop_requested() and not lease.cancel_requested.is_set():
+            # The worker is stopping, nobody cancelled: the job waits for the next worker.
+            step = fields.get("step")
+            newest = store.latest_resumable_checkpoint(checkpoints)
+            stop.hand_back(job_id, token, step, checkpointed=newest is not None and newest[0] == step)
+            stop.done()
+            return
         retain_checkpoints(job_id, outcome)
+    stop.done()
     record_final_state(job_id, token, outcome, **fields)
+
+
+def _claim_message(claim: str, token: str, checkpoints: Path) -> str:
+    newest = store.latest_resumable_checkpoint(checkpoints)
+    where = (f"resumes from step {newest[0]}, its newest checkpoint" if newest is not None
+             else "starts from the beginning (no checkpoint was written yet)")
+    if claim == "taken_over":
+        return f"Worker {token} took over the job; it {where}."
+    return f"Worker {token} took the job from the queue; it {where}."
 
 
 @app.task(name=COMPARE_TASK, acks_late=True)

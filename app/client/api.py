@@ -7,6 +7,7 @@ on a laptop against a remote server.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -55,12 +56,14 @@ class Api:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(0, f"no answer from {self.url} ({type(exc).__name__}: {exc}). Is the server "
-                              "running (`tuneserve up`)? Point at another one with --url or "
-                              "TUNESERVE_URL.") from exc
+            raise self._no_answer(exc) from exc
         if resp.status_code >= 400:
             raise self._error(method, path, resp)
         return resp
+
+    def _no_answer(self, exc: Exception) -> ApiError:
+        return ApiError(0, f"no answer from {self.url} ({type(exc).__name__}: {exc}). Is the server "
+                           "running (`tuneserve up`)? Point at another one with --url or TUNESERVE_URL.")
 
     def _error(self, method: str, path: str, resp: httpx.Response) -> ApiError:
         try:
@@ -80,22 +83,34 @@ class Api:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs).json()
 
-    def delete(self, path: str) -> None:
-        self.request("DELETE", path)
+    def delete(self, path: str, params: dict[str, Any] | None = None) -> None:
+        self.request("DELETE", path, params=params)
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response to read as it arrives (`iter_bytes`); a refusal raises ApiError with the
+        server's detail, and so do no answer at all and a transfer that breaks off."""
+        answered = False
+        try:
+            with self.http.stream(method, path, **kwargs) as resp:
+                answered = True
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise self._error(method, path, resp)
+                yield resp
+        except httpx.TransportError as exc:
+            if not answered:
+                raise self._no_answer(exc) from exc
+            what = "the download" if method == "GET" else f"the answer to {method} {path.split('?')[0]}"
+            raise ApiError(0, f"{what} from {self.url} broke off ({exc})") from exc
 
     def download(self, path: str, destination: Any, params: dict[str, Any] | None = None) -> int:
         """Stream a file to `destination` (an open binary file); returns the bytes written."""
         written = 0
-        try:
-            with self.http.stream("GET", path, params=params) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise self._error("GET", path, resp)
-                for chunk in resp.iter_bytes():
-                    destination.write(chunk)
-                    written += len(chunk)
-        except httpx.TransportError as exc:
-            raise ApiError(0, f"the download from {self.url} broke off ({exc})") from exc
+        with self.stream("GET", path, params=params) as resp:
+            for chunk in resp.iter_bytes():
+                destination.write(chunk)
+                written += len(chunk)
         return written
 
     def post_events(self, path: str, body: dict[str, Any]) -> Iterator[ServerSentEvent]:

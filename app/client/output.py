@@ -115,3 +115,39 @@ def comparison_table(comparison: dict[str, Any] | None) -> Table | None:
                 rows.append([split, metric, *((figures.get(side) or {}).get(metric) for side in sides)])
     title = "tuned vs baselines" if "tfidf" in sides else " vs ".join(sides)
     return table(title, ["split", "metric", *sides], rows) if rows else None
+
+
+def per_class_table(title: str, figures: dict[str, Any]) -> Table | None:
+    """scikit-learn's classification report from an evaluation's figures: per class (per label
+    for multi-label, with its threshold) precision, recall, F1 and support, then the averages."""
+    classes = figures.get("per_class") or figures.get("per_label")
+    if not isinstance(classes, dict) or not classes:
+        return None
+    thresholds = any("threshold" in v for v in classes.values())
+    rows: list[list[Any]] = [
+        [name, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support"),
+         *([v.get("threshold")] if thresholds else [])] for name, v in classes.items()]
+    total = sum(int(v.get("support") or 0) for v in classes.values())
+    pad = [None] if thresholds else []
+    # The summary rows as classification_report writes them; a figure the job lacks stays blank.
+    if "accuracy" in figures:
+        rows.append(["accuracy", None, None, figures["accuracy"], total, *pad])
+    if "f1_macro" in figures:
+        rows.append(["macro avg", figures.get("precision_macro"), figures.get("recall_macro"),
+                     figures["f1_macro"], total, *pad])
+    if "f1_micro" in figures:
+        rows.append(["micro avg", None, None, figures["f1_micro"], total, *pad])
+    if "f1_weighted" in figures:
+        rows.append(["weighted avg", None, None, figures["f1_weighted"], total, *pad])
+    columns = ["label" if thresholds else "class", "precision", "recall", "f1", "support"]
+    return table(title, columns + (["threshold"] if thresholds else []), rows)
+
+
+def confusion_table(title: str, figures: dict[str, Any]) -> Table | None:
+    """The confusion matrix: a row per true label, a column per predicted label."""
+    confusion = figures.get("confusion_matrix") or {}
+    labels, matrix = confusion.get("labels"), confusion.get("matrix")
+    if not labels or not matrix:
+        return None
+    return table(title, ["true \\ predicted", *labels],
+                 ([label, *counts] for label, counts in zip(labels, matrix, strict=True)))

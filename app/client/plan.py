@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from app.client import output as out
-from app.client.commands import _api, calls, console, fail
+from app.client.commands.common import api_of, calls, console, fail
 
 
 def plan(
@@ -35,7 +35,7 @@ def plan(
             hp[key] = value
     request = {"base_model": base_model, "task": task, "gpu_memory_gib": gpu_memory, "bf16": not no_bf16,
                "hyperparameters": hp}
-    body = _local_plan(request) if local else _api(ctx).post("/plan", json=request)
+    body = _local_plan(request) if local else api_of(ctx).post("/plan", json=request)
     if json_:
         return out.print_json(console, body)
     from core.planning.plan import plan_lines

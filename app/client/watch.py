@@ -1,25 +1,53 @@
-"""`tuneserve jobs watch`: a live progress bar over the job's event stream.
+"""`tuneserve jobs watch` and `tuneserve experiments watch`: live views that ride out a server
+restart.
 
-The bar shows epoch, step/total, the latest train loss, the latest eval metric, micro-batch x
-accumulation and the server's ETA; events print above it as they happen. A dropped connection
-reconnects with Last-Event-ID, so nothing is shown twice or missed. Returns the finished job.
+A job's bar shows epoch, step/total, the latest train loss, the latest eval metric, micro-batch
+x accumulation and the server's ETA; events print above it as they happen. A dropped connection
+reconnects with Last-Event-ID, so nothing is shown twice or missed. An experiment's table of
+jobs is polled. Both return what they watched once it has ended.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from app.client.api import Api, ApiError
 from app.client.output import batch, fmt
 
-RECONNECT_TRIES = 5
+# A restarting server (migrations, a busy machine) may take half a minute to answer again.
+RECONNECT_TRIES = 15
 RECONNECT_WAIT_S = 2.0
+EXPERIMENT_POLL_S = 2.0
+
+
+class Reconnection:
+    """Tries again every RECONNECT_WAIT_S while the server does not answer, and gives up after
+    RECONNECT_TRIES in a row; any answer starts the count again."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.failures = 0
+
+    def answered(self) -> None:
+        self.failures = 0
+
+    def retry(self, reason: str | None = None) -> bool:
+        """Wait before the next try (saying why, when given); False once the tries are spent."""
+        self.failures += 1
+        if self.failures > RECONNECT_TRIES:
+            return False
+        if reason:
+            self.console.print(f"[yellow]{reason}; reconnecting ({self.failures}/{RECONNECT_TRIES})[/]")
+        time.sleep(RECONNECT_WAIT_S)
+        return True
 
 
 class _View:
@@ -76,13 +104,13 @@ def watch_job(api: Api, job_id: str, console: Console) -> dict[str, Any]:
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                         TextColumn("{task.fields[info]}"), console=console)
     last_id: str | None = None
-    failures = 0
     with progress:
         view = _View(job_id, progress)
+        reconnection = Reconnection(progress.console)
         while True:
             try:
                 for sse in api.events(job_id, last_id):
-                    failures = 0
+                    reconnection.answered()
                     data = json.loads(sse.data) if sse.data else {}
                     if sse.event in ("log", "metric"):
                         last_id = sse.id  # where a reconnection resumes
@@ -97,16 +125,35 @@ def watch_job(api: Api, job_id: str, console: Console) -> dict[str, Any]:
                         view.on_progress(data)
                         return data
             except httpx.TransportError as exc:
-                failures += 1
-                if failures > RECONNECT_TRIES:
+                if not reconnection.retry(f"stream interrupted ({type(exc).__name__})"):
                     raise ApiError(0, f"lost the event stream of {job_id} ({exc}); the job goes on: "
                                       f"`tuneserve jobs watch {job_id}` picks it up again") from exc
-                progress.console.print(f"[yellow]stream interrupted ({type(exc).__name__}); "
-                                       f"reconnecting ({failures}/{RECONNECT_TRIES})[/]")
-                time.sleep(RECONNECT_WAIT_S)
             else:
                 # The server closed the stream without an `end` (it restarted): pick up again.
-                failures += 1
-                if failures > RECONNECT_TRIES:
+                if not reconnection.retry():
                     return dict(api.get(f"/jobs/{job_id}"))
-                time.sleep(RECONNECT_WAIT_S)
+
+
+def poll_experiment(api: Api, experiment_id: str, console: Console,
+                     render: Callable[[dict[str, Any]], RenderableType]) -> dict[str, Any]:
+    """Poll the experiment, showing `render` of it live, until no job of it is queued or running."""
+    reconnection = Reconnection(console)
+    exp = _get_experiment(api, experiment_id, reconnection)
+    with Live(render(exp), console=console, refresh_per_second=2) as live:
+        while exp["state"] in ("queued", "running"):
+            time.sleep(EXPERIMENT_POLL_S)
+            exp = _get_experiment(api, experiment_id, reconnection)
+            live.update(render(exp))
+    return exp
+
+
+def _get_experiment(api: Api, experiment_id: str, reconnection: Reconnection) -> dict[str, Any]:
+    while True:
+        try:
+            exp = dict(api.get(f"/experiments/{experiment_id}"))
+        except ApiError as exc:
+            if exc.status or not reconnection.retry("the server does not answer"):
+                raise  # a refusal, or no answer for too long: the command says which
+            continue
+        reconnection.answered()
+        return exp

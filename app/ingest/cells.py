@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from app.jsondepth import JsonTooDeep, loads_bounded
+
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 # Chat dialects: OpenAI-style role/content and ShareGPT-style from/value.
@@ -81,15 +83,31 @@ def looks_like_messages(value: Any) -> bool:
     return is_sequence(value) and len(value) > 0 and all(isinstance(m, dict) for m in value)
 
 
-def chat_messages(value: Any) -> tuple[list[dict[str, str]] | None, str | None]:
-    """(messages, None) for a valid conversation, else (None, why it was rejected)."""
+# What a row that fits no chat format is told (the formats are detected per file).
+CHAT_FORMATS = ("OpenAI (`messages` of {role, content}), ShareGPT (`conversations` of {from, value}) "
+                "or Alpaca (`instruction`, optional `input`, `output`)")
+NO_CHAT_FORMAT = f"it is in none of the chat formats: {CHAT_FORMATS}"
+
+
+def chat_dialect(value: Any) -> str:
+    """`sharegpt` when the turns are {from, value} objects, else `openai` ({role, content})."""
     value = _maybe_json(value)
-    if not is_sequence(value) or len(value) == 0:
-        return None, "messages is empty or not a list of {role, content} objects"
-    messages: list[dict[str, str]] = []
+    first = value[0] if is_sequence(value) and len(value) and isinstance(value[0], dict) else {}
+    return "sharegpt" if "from" in first and "role" not in first else "openai"
+
+
+def chat_messages(value: Any, column: str = "messages") -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(messages, None) for a valid conversation, else (None, why it was rejected). An OpenAI
+    assistant turn may carry `weight` 0 (left out of the loss) or 1; it is kept on the turn."""
+    if is_missing(value) or (is_sequence(value) and len(value) == 0):
+        return None, f"no {column!r} in this row: {NO_CHAT_FORMAT}"
+    value = _maybe_json(value)
+    if not is_sequence(value):
+        return None, f"{column} is not a list of {{role, content}} objects: {NO_CHAT_FORMAT}"
+    messages: list[dict[str, Any]] = []
     for turn in value:
         if not isinstance(turn, dict):
-            return None, "messages holds something that is not a {role, content} object"
+            return None, f"{column} holds something that is not a {{role, content}} object"
         raw_role = str(turn.get("role", turn.get("from", ""))).strip().lower()
         role = _ROLE_ALIASES.get(raw_role)
         if role is None:
@@ -97,12 +115,32 @@ def chat_messages(value: Any) -> tuple[list[dict[str, str]] | None, str | None]:
         content = as_text(turn.get("content", turn.get("value")))
         if content is None:
             return None, f"the {role} message {len(messages) + 1} is empty"
-        messages.append({"role": role, "content": content})
+        message: dict[str, Any] = {"role": role, "content": content}
+        weight, problem = _weight(turn, role, len(messages) + 1)
+        if problem:
+            return None, problem
+        if weight is not None:
+            message["weight"] = weight
+        messages.append(message)
     problem = conversation_problem(messages)
+    if problem is None and not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+        problem = "every assistant message has weight 0: there is nothing to learn; give one weight 1"
     return (None, problem) if problem else (messages, None)
 
 
-def conversation_problem(messages: list[dict[str, str]]) -> str | None:
+def _weight(turn: dict[str, Any], role: str, position: int) -> tuple[int | None, str | None]:
+    """OpenAI's per-message `weight`: 0 or 1, on assistant messages only."""
+    raw = turn.get("weight")
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None, None
+    if role != "assistant":
+        return None, f"message {position} ({role}) has a weight: only assistant messages take one"
+    if isinstance(raw, bool) or raw not in (0, 1):
+        return None, f"the assistant message {position} has weight {raw!r}: a weight is 0 or 1"
+    return int(raw), None
+
+
+def conversation_problem(messages: list[dict[str, Any]]) -> str | None:
     """Why these turns cannot train a chat model, or None: an optional system turn first, then
     user and assistant alternating, starting with the user and ending with the assistant."""
     turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
@@ -123,7 +161,7 @@ def _maybe_json(value: Any) -> Any:
     """Chat turns stored as a JSON string in a CSV cell."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+            return loads_bounded(value, "a cell")
+        except (json.JSONDecodeError, JsonTooDeep):
+            return value  # not chat turns: the caller says what it expected
     return value

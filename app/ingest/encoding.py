@@ -11,6 +11,7 @@ import codecs
 from pathlib import Path
 
 import charset_normalizer
+from charset_normalizer.md import mess_ratio
 
 from app.ingest.errors import IngestError
 
@@ -20,6 +21,12 @@ KOREAN_CODECS = {"cp949", "euc_kr", "johab"}
 # charset-normalizer's share of the decoded text that reads as words of a language it knows;
 # below this the codec is a guess that merely decodes every byte.
 MIN_COHERENCE = 0.2
+# Windows-1252, the most common legacy encoding of spreadsheets and Windows tools. Single-byte
+# codecs decode the same Western text equally well (cp1250, cp1257, mac_iceland...) and
+# charset-normalizer ranks ties arbitrarily, so a tie goes to this one.
+WESTERN = "cp1252"
+# Text compared for oddities (charset-normalizer's mess ratio), as its own detection samples.
+MESS_SAMPLE_BYTES = 64 * 1024
 # Names we report, so users see familiar spellings rather than Python codec aliases.
 _REPORTED = {"utf_8": "utf-8", "utf_8_sig": "utf-8-sig", "cp949": "cp949", "euc_kr": "euc-kr"}
 
@@ -37,6 +44,15 @@ def _decodes_fully(path: Path, encoding: str) -> bool:
     return True
 
 
+def _reads_as_western(path: Path, best_chaos: float) -> bool:
+    """Whether Windows-1252 decodes every byte of `path` with no more mess than the best guess."""
+    if not _decodes_fully(path, WESTERN):
+        return False
+    with path.open("rb") as f:
+        sample = f.read(MESS_SAMPLE_BYTES).decode(WESTERN, errors="ignore")
+    return mess_ratio(sample, maximum_threshold=1.0) <= best_chaos
+
+
 def reported_name(encoding: str) -> str:
     key = codecs.lookup(encoding).name.replace("-", "_")
     return _REPORTED.get(key, key.replace("_", "-"))
@@ -49,7 +65,8 @@ def detect_encoding(path: Path, shown_name: str) -> tuple[str, str | None]:
     UTF-8 and the Korean codecs are read as they are. Another codec is used only when
     charset-normalizer recognises a language in the decoded text, and then with a warning: a
     decoder that merely accepts every byte (cp775, mac_iceland...) turns unknown bytes into
-    mojibake without complaint, and that must not be stored silently."""
+    mojibake without complaint, and that must not be stored silently. Where Windows-1252 reads
+    the file as cleanly as the best guess, it wins the tie."""
     with path.open("rb") as f:
         head = f.read(4)
     if head.startswith(codecs.BOM_UTF8):
@@ -61,6 +78,12 @@ def detect_encoding(path: Path, shown_name: str) -> tuple[str, str | None]:
     if best is not None and _decodes_fully(path, best.encoding):
         if codecs.lookup(best.encoding).name.replace("-", "_") in KOREAN_CODECS:
             return best.encoding, None
+        if best.encoding != WESTERN and _reads_as_western(path, best.chaos):
+            return WESTERN, (
+                f"'{shown_name}' is not UTF-8; it was read as cp1252 (Windows Western European: every "
+                "byte decodes, with no more oddities than any other guess). Check the preview: if "
+                "characters look wrong, save the file as UTF-8 and upload it again"
+            )
         if best.coherence >= MIN_COHERENCE and best.language != "Unknown":
             return best.encoding, (
                 f"'{shown_name}' is not UTF-8; it was read as {reported_name(best.encoding)} (detected from "

@@ -19,7 +19,7 @@ class Examples:
     rows: list[int] = field(default_factory=list)  # 1-based data row in the uploaded file
     texts: list[str] = field(default_factory=list)
     tokens: list[list[str]] = field(default_factory=list)  # label names per row (one for single_label)
-    messages: list[list[dict[str, str]]] = field(default_factory=list)
+    messages: list[list[dict[str, Any]]] = field(default_factory=list)  # chat; `weight` on some turns
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -37,6 +37,7 @@ class Examples:
 
 def extract(frame: pd.DataFrame, plan: Plan, shown_name: str) -> Examples:
     """Examples of `frame` per `plan`; the columns must exist (checked here for the extra files)."""
+    optional = [c for c in (plan.input_column, plan.system_column) if c and c in frame.columns]
     needed = [c for c in (plan.text_column, plan.answer_column, *plan.label_columns) if c]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -46,7 +47,7 @@ def extract(frame: pd.DataFrame, plan: Plan, shown_name: str) -> Examples:
             f"uses; its columns are: {listed}. Give every file the same columns"
         )
     out = Examples()
-    for row, record in _records(frame, needed):
+    for row, record in _records(frame, needed + optional):
         text, tokens, messages, reason = _example(record, plan)
         if reason is not None:
             out.rejected.append((row, reason))
@@ -69,24 +70,35 @@ def _records(frame: pd.DataFrame, columns: list[str]) -> Iterator[tuple[int, dic
 
 def _example(
     record: dict[str, Any], plan: Plan
-) -> tuple[str | None, list[str] | None, list[dict[str, str]] | None, str | None]:
+) -> tuple[str | None, list[str] | None, list[dict[str, Any]] | None, str | None]:
     """(text, label names, messages, None), or (..., reason) when the row is rejected."""
+    system = cells.as_text(record.get(plan.system_column)) if plan.system_column else None
     if plan.messages_column:
-        messages, reason = cells.chat_messages(record[plan.messages_column])
+        messages, reason = cells.chat_messages(record[plan.messages_column], plan.messages_column)
         if messages is None:
             return None, None, None, reason
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
         first_user = next(m["content"] for m in messages if m["role"] == "user")
         return first_user, None, messages, None
     assert plan.text_column is not None  # every non-messages plan names its text column
     text = cells.as_text(record[plan.text_column])
     if text is None:
+        if plan.chat_format == "alpaca":
+            reason = f"empty instruction in column {plan.text_column!r}: {cells.NO_CHAT_FORMAT}"
+            return None, None, None, reason
         return None, None, None, f"empty text in column {plan.text_column!r}"
     if plan.answer_column:
         answer = cells.as_text(record[plan.answer_column])
         if answer is None:
             return None, None, None, f"empty answer in column {plan.answer_column!r}"
-        turns = [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
-        return text, None, turns, None
+        extra = cells.as_text(record.get(plan.input_column)) if plan.input_column else None
+        # Alpaca: the instruction and its input are both the user's turn (LLaMA-Factory joins them so).
+        user = f"{text}\n{extra}" if extra else text
+        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        if system:
+            turns.insert(0, {"role": "system", "content": system})
+        return user, None, turns, None
     tokens, reason = _labels(record, plan)
     return text, tokens, None, reason
 

@@ -50,6 +50,10 @@ class Profile:
     numeric: bool
     binary_share: float  # share of non-empty values that read as 0/1
     messages: bool
+    # Cells that are objects (a Parquet struct or map, a JSON object) or lists (not chat turns):
+    # as text they would be Python's repr of the value, so they are never a text column.
+    objects: bool = False
+    lists: bool = False
 
     @property
     def binary(self) -> bool:
@@ -63,21 +67,24 @@ class Profile:
 
     @property
     def text_like(self) -> bool:
-        return self.non_empty > 0 and not (self.numeric or self.binary or self.messages)
+        return self.non_empty > 0 and not (self.numeric or self.binary or self.messages or self.objects
+                                           or self.lists)
 
 
 def profile(series: pd.Series) -> Profile:
     values = series.iloc[:PROFILE_ROWS].tolist()
     if any(cells.looks_like_messages(v) for v in values[:50]):
         return Profile(len(values), 0, 0.0, False, 0.0, True)
+    objects = any(isinstance(v, dict) for v in values)
+    lists = any(cells.is_sequence(v) for v in values)
     texts = [t for t in (cells.as_text(v) if not cells.is_sequence(v) else ",".join(map(str, v))
                          for v in values) if t is not None]
     if not texts:
-        return Profile(0, 0, 0.0, False, 0.0, False)
+        return Profile(0, 0, 0.0, False, 0.0, False, objects, lists)
     numeric = all(_is_number(t) for t in texts)
     binary_share = sum(cells.binary_flag(t) is not None for t in texts) / len(texts)
     mean_chars = sum(map(len, texts)) / len(texts)
-    return Profile(len(texts), len(set(texts)), mean_chars, numeric, binary_share, False)
+    return Profile(len(texts), len(set(texts)), mean_chars, numeric, binary_share, False, objects, lists)
 
 
 def _is_number(text: str) -> bool:
@@ -98,6 +105,11 @@ class Plan:
     label_shape: str = "single"
     messages_column: str | None = None
     answer_column: str | None = None  # question/answer chat: text_column holds the question
+    # chat: openai (messages of role/content), sharegpt (conversations of from/value), alpaca
+    # (instruction + optional input -> user, output -> assistant) or question_answer.
+    chat_format: str | None = None
+    input_column: str | None = None  # alpaca: joined to the instruction on a new line
+    system_column: str | None = None  # alpaca and sharegpt: a system turn per row
     reasons: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -141,11 +153,39 @@ def plan_columns(
         inf.require(text_column, "text_column")
     for column in label_columns:
         inf.require(column, "label_column")
+    _check_named(inf, text_column, label_columns)
     if task == "chat" or (task is None and not text_column and not label_columns):
         plan = _plan_chat(inf, task, text_column, label_columns)
         if plan is not None:
             return plan
     return _plan_classification(inf, task, text_column, label_columns)
+
+
+def _check_named(inf: Inference, text_column: str | None, label_columns: list[str]) -> None:
+    """Columns the request names that cannot serve as named: one column as both text and
+    label (the model would read its answer), or cells that are objects or lists, not text."""
+    if text_column and text_column in label_columns:
+        raise IngestError(
+            f"column {text_column!r} is named as both text_column and label_column: the model would "
+            f"be shown the label as its input. Name the text column and the label column apart; the "
+            f"file has {inf.listing()}"
+        )
+    if text_column and not inf.profile(text_column).messages and (
+            inf.profile(text_column).objects or inf.profile(text_column).lists):
+        kind = "objects (a Parquet struct or map, or JSON objects)" if inf.profile(text_column).objects \
+            else "lists"
+        raise IngestError(
+            f"column {text_column!r} named in text_column holds {kind}, not text: stored as text they "
+            "would be Python's spelling of the value. Name a column of plain text, or flatten the "
+            "value into a string column before uploading"
+        )
+    for column in label_columns:
+        if inf.profile(column).objects:
+            raise IngestError(
+                f"column {column!r} named in label_column holds objects (a Parquet struct or map, or "
+                "JSON objects), not label names: name a column of labels (a list of names is fine for "
+                "multi_label)"
+            )
 
 
 def _plan_chat(inf: Inference, task: str | None, text_column: str | None,
@@ -155,22 +195,35 @@ def _plan_chat(inf: Inference, task: str | None, text_column: str | None,
                           "or task=multi_label to train a classifier")
     messages = [c for c in ([text_column] if text_column else inf.columns) if inf.profile(c).messages]
     messages.sort(key=lambda c: _norm(c) not in MESSAGES_NAMES)
+    alpaca = None if messages else _find_alpaca(inf, text_column)
     if messages:
         column = messages[0]
-        reason = f"column {column!r} holds chat turns (a list of {{role, content}})"
-        plan = Plan("chat", column, label_shape="none", messages_column=column)
+        first = next(v for v in inf.frame[column].tolist() if cells.looks_like_messages(v))
+        dialect = cells.chat_dialect(first)
+        shape = "{from, value}" if dialect == "sharegpt" else "{role, content}"
+        reason = f"column {column!r} holds chat turns (a list of {shape}): {dialect} format"
+        plan = Plan("chat", column, label_shape="none", messages_column=column, chat_format=dialect,
+                    system_column=_system_column(inf, exclude={column}))
+    elif alpaca is not None:
+        instruction, input_column, output = alpaca
+        joined = f"{instruction!r} (+ {input_column!r} on a new line)" if input_column else repr(instruction)
+        reason = f"columns {joined} -> user and {output!r} -> assistant: alpaca format"
+        plan = Plan("chat", instruction, label_shape="none", answer_column=output, chat_format="alpaca",
+                    input_column=input_column,
+                    system_column=_system_column(inf, exclude={instruction, output}))
     else:
         pair = _find_qa_pair(inf, text_column)
         if pair is None:
             if task != "chat":
                 return None
             raise IngestError(
-                "task=chat needs a 'messages' column (a list of {role, content}) or question/answer "
-                f"columns such as Q/A, question/answer or 질문/답변; the file has {inf.listing()}"
+                f"task=chat needs a chat format: {cells.CHAT_FORMATS}, or question/answer columns such "
+                f"as Q/A, question/answer or 질문/답변; the file has {inf.listing()}"
             )
         question, answer = pair
         reason = f"columns {question!r} and {answer!r} look like question/answer pairs (user -> assistant)"
-        plan = Plan("chat", question, label_shape="none", answer_column=answer)
+        plan = Plan("chat", question, label_shape="none", answer_column=answer, chat_format="question_answer")
+    plan.reasons["chat_format"] = plan.chat_format or ""
     plan.reasons["task"] = "named by the request" if task == "chat" else reason
     plan.reasons["text_column"] = reason
     if task is None:
@@ -184,6 +237,23 @@ def _plan_chat(inf: Inference, task: str | None, text_column: str | None,
                 f"task=single_label&text_column={plan.text_column}&label_column={extra[0]}"
             )
     return plan
+
+
+def _find_alpaca(inf: Inference, instruction: str | None) -> tuple[str, str | None, str] | None:
+    """(instruction, input or None, output) columns of an Alpaca file, or None."""
+    normed = {_norm(c): c for c in inf.columns}
+    if "instruction" not in normed or "output" not in normed:
+        return None
+    if instruction is not None and normed["instruction"] != instruction:
+        return None
+    if not (inf.profile(normed["instruction"]).text_like and inf.profile(normed["output"]).text_like):
+        return None
+    return normed["instruction"], normed.get("input"), normed["output"]
+
+
+def _system_column(inf: Inference, exclude: set[str]) -> str | None:
+    normed = {_norm(c): c for c in inf.columns if c not in exclude}
+    return normed.get("system")
 
 
 def _find_qa_pair(inf: Inference, question: str | None) -> tuple[str, str] | None:

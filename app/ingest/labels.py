@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
+
 from app.ingest.errors import IngestError
 from app.ingest.extract import Examples
 from app.ingest.infer import Plan
@@ -13,6 +16,41 @@ def _sort_key(name: str) -> tuple[int, float, str]:
         return 0, float(int(name)), ""
     except ValueError:
         return 1, 0.0, name
+
+
+# A label spelled as a plain decimal number: "2", "2.0", "-1", "0.50", "1e3" (not "inf" or "nan").
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def merge_numeric_spellings(splits: list[Examples], plan: Plan, warnings: list[str]) -> None:
+    """Labels that are one number spelled apart ("1" and "1.0", a spreadsheet's export beside a
+    script's) become one class, under the shortest spelling, with a warning naming each merge;
+    rewritten in place in every split, so a validation file's "1.0" finds the training "1"."""
+    if plan.task == "chat" or plan.label_shape == "binary_columns":
+        return  # chat has no labels; 0/1 columns' labels are column names
+    spellings: dict[float, set[str]] = defaultdict(set)
+    for examples in splits:
+        for tokens in examples.tokens:
+            for token in tokens:
+                if _NUMBER.match(token):
+                    spellings[float(token)].add(token)
+    renamed: dict[str, str] = {}
+    merges: list[str] = []
+    for names in spellings.values():
+        if len(names) > 1:
+            canonical = min(names, key=lambda n: (len(n), n))
+            renamed |= {n: canonical for n in names if n != canonical}
+            merges.append(" = ".join(repr(n) for n in sorted(names, key=lambda n: (len(n), n))))
+    if not renamed:
+        return
+    for examples in splits:
+        examples.tokens = [list(dict.fromkeys(renamed.get(t, t) for t in tokens))
+                           for tokens in examples.tokens]
+    column = ", ".join(repr(c) for c in plan.label_columns)
+    warnings.append(
+        f"label column {column} spells one number several ways ({'; '.join(sorted(merges)[:10])}): each is "
+        "read as one class, under its shortest spelling. Write each label one way if they were meant apart"
+    )
 
 
 def label_order(train: Examples, plan: Plan) -> list[str]:

@@ -14,7 +14,7 @@ from app.ingest.errors import IngestError
 from app.ingest.extract import Examples, extract
 from app.ingest.guards import ReadLimits
 from app.ingest.infer import Plan, plan_columns
-from app.ingest.labels import encode, label_order
+from app.ingest.labels import encode, label_order, merge_numeric_spellings
 from app.ingest.reader import Table, read_table
 from app.ingest.split import split_indices, stratify_keys
 from app.ingest.storage import split_table, write_dataset
@@ -89,6 +89,7 @@ def ingest(
     extracted = {split: extract(t.frame, plan, sources[split].filename)
                  for split, t in tables.items()}
     _require_rows(extracted["train"], train.filename)
+    merge_numeric_spellings(list(extracted.values()), plan, warnings)
     labels = label_order(extracted["train"], plan)
 
     splits: dict[str, _Split] = {}
@@ -173,6 +174,7 @@ def _report(splits: dict[str, _Split], order: list[str], plan: Plan, warnings: l
         "inference": plan.reasons,
         "label_shape": plan.label_shape,
         "answer_column": plan.answer_column,
+        "chat_format": plan.chat_format,
         "split": split_note,
         "files": files,
     }

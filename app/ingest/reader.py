@@ -6,6 +6,7 @@ JSONL and Parquet keep their types (ints, lists, chat messages) for the later st
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from app.ingest.encoding import detect_encoding, reported_name
 from app.ingest.errors import IngestError
 from app.ingest.guards import ReadLimits, check_cells, check_columns, check_lines, reject_binary
+from app.jsondepth import JsonTooDeep, loads_bounded
 
 SNIFF_BYTES = 64 * 1024
 PARQUET_MAGIC = b"PAR1"
@@ -83,6 +85,7 @@ def _sniff_text_format(path: Path, encoding: str, shown_name: str) -> tuple[str,
         return "json", ""
     if head[0] == "{":
         return "jsonl", ""
+    _reject_json_scalar(head, shown_name)
     header = head.splitlines()[0]
     for delimiter, fmt in _DELIMITERS.items():
         if delimiter in header:
@@ -91,11 +94,46 @@ def _sniff_text_format(path: Path, encoding: str, shown_name: str) -> tuple[str,
     return "csv", ","
 
 
+# What json.loads returns for a file that is one JSON value but no array or object.
+_JSON_SCALARS = {str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _reject_json_scalar(head: str, shown_name: str) -> None:
+    """A whole file that is one JSON number, string, boolean or null: say so, rather than read
+    it as a one-cell CSV and advise a header row. Only a file that fits the sniffed head can be
+    one; a CSV whose first cell is a number or a quoted name does not parse as a single value."""
+    if len(head) >= SNIFF_BYTES:
+        return
+    try:
+        value = json.loads(head)
+    except (json.JSONDecodeError, RecursionError):
+        return
+    kind = _JSON_SCALARS.get(type(value))
+    if kind is not None:
+        raise IngestError(f"'{shown_name}' is a single JSON {kind}, not a table: {_FIX_JSON}")
+
+
 def _check_header(path: Path, encoding: str, delimiter: str, shown_name: str, limits: ReadLimits) -> None:
-    """Columns counted on the header line, before pandas builds a frame of 10^5 columns."""
+    """Columns counted on the header line, before pandas builds a frame of 10^5 columns; and
+    the first record held to the header's field count, since pandas reads a first row with one
+    field more as a row index (shifting every column) and reports some later symptom instead."""
     with path.open("r", encoding=encoding, errors="replace", newline="") as f:
         header = f.readline()
-    check_columns(header.count(delimiter) + 1, shown_name, limits)
+        check_columns(header.count(delimiter) + 1, shown_name, limits)
+        f.seek(0)
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            names = next(reader, [])
+            first = next(reader, None)
+        except csv.Error:
+            return  # pandas words the parse error, with its line
+    if first is not None and len(first) > len(names):
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise IngestError(
+            f"'{shown_name}' is not valid {kind}: line {reader.line_num} has {len(first)} fields but the "
+            f"header has {len(names)}. Quote fields that contain the delimiter, and give every row as "
+            "many fields as the header"
+        )
 
 
 def _read_delimited(path: Path, encoding: str, delimiter: str, shown_name: str) -> pd.DataFrame:
@@ -116,7 +154,9 @@ def _read_delimited(path: Path, encoding: str, delimiter: str, shown_name: str) 
 def _read_json_array(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
     try:
         with path.open("r", encoding=encoding) as f:
-            data = json.load(f)
+            data = loads_bounded(f.read(), f"'{shown_name}'")
+    except JsonTooDeep as e:
+        raise IngestError(str(e)) from e
     except json.JSONDecodeError as e:
         raise IngestError(
             f"'{shown_name}' is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): {_FIX_JSON}"
@@ -133,7 +173,9 @@ def _read_jsonl(path: Path, encoding: str, shown_name: str) -> pd.DataFrame:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = loads_bounded(line, f"line {line_number} of '{shown_name}'")
+            except JsonTooDeep as e:
+                raise IngestError(str(e)) from e
             except json.JSONDecodeError as e:
                 if not records:
                     _reject_single_object(path, encoding, shown_name)
@@ -157,7 +199,9 @@ def _reject_single_object(path: Path, encoding: str, shown_name: str) -> None:
     rather than 'line 1 is not valid JSON' or a dataset of one row."""
     try:
         with path.open("r", encoding=encoding) as f:
-            data = json.load(f)
+            data = loads_bounded(f.read(), f"'{shown_name}'")
+    except JsonTooDeep as e:
+        raise IngestError(str(e)) from e
     except json.JSONDecodeError:
         return
     if isinstance(data, dict):

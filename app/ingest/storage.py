@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.ingest.extract import Examples
-from core.dataset import CONTENT, LABEL, MESSAGES, ROLE, ROW, TEXT, TRAIN, split_path
+from core.dataset import CONTENT, LABEL, MESSAGES, ROLE, ROW, TEXT, TRAIN, WEIGHT, split_path
 
-MESSAGE_TYPE = pa.struct([(ROLE, pa.string()), (CONTENT, pa.string())])
+MESSAGE_TYPE = pa.struct([(ROLE, pa.string()), (CONTENT, pa.string()), (WEIGHT, pa.int64())])
 
 
 def split_table(examples: Examples, labels: list[list[int]], task: str) -> pa.Table:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.routing import APIRoute
-from starlette.types import Message
 
 from app.auth import Principal
 from app.crud import datasets as crud
@@ -21,66 +19,43 @@ from app.ingest.guards import ReadLimits
 from app.ingest.infer import TASKS
 from app.ingest.storage import preview, remove_dataset
 from app.ingest.upload import SavedUpload, save_upload
-from app.schemas.common import DatasetIdPath, Limit, Offset, errors, reject_unstorable
+from app.limits import UploadLimitRoute, upload_too_large
+from app.schemas.common import NO_NUL_PATTERN, DatasetIdPath, Limit, Offset, errors, reject_unstorable
 from app.schemas.datasets import DatasetDetail, DatasetPublic, DatasetsPublic
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.tables import Dataset, new_id
-
-# Multipart boundaries and the small form fields ride on top of the files' bytes.
-FORM_OVERHEAD_BYTES = 1024 * 1024
-
-
-def _too_large(settings: Settings) -> str:
-    return (
-        f"the upload is larger than the limit of {settings.max_upload_mb} MB (all files of one request "
-        "together): upload a smaller file (a sample, or split it) or raise TUNESERVE_MAX_UPLOAD_MB"
-    )
-
-
-class UploadLimitRoute(APIRoute):
-    """Counts body bytes as they arrive, so an oversized upload is refused while it streams (413)
-    rather than after the multipart parser has spooled all of it to disk."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def limited(request: Request) -> Response:
-            if request.method != "POST":
-                return await handler(request)
-            settings = get_settings()
-            limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise HTTPException(413, _too_large(settings))
-            received = 0
-
-            async def counting_receive() -> Message:
-                nonlocal received
-                message = await request.receive()
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, _too_large(settings))
-                return message
-
-            return await handler(Request(request.scope, counting_receive))
-
-        return limited
-
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute,
                    dependencies=[Authenticated], responses=errors(400, 401, 404, 409, 413, 422))
 
 FileField = Annotated[UploadFile | None, File()]
+# What _options accepts, as patterns the OpenAPI document states and the route checks first, so
+# the two cannot disagree: blank (the default), else a task name, a fraction strictly between 0
+# and 1 (at most 15 decimals: more can round to 1.0), a seed from 0 to 2**32 - 1.
+_BLANK = "[ \\t]*"
+TASK_PATTERN = f"^{_BLANK}(?:{'|'.join(TASKS)})?{_BLANK}$"
+SPLIT_PATTERN = (f"^{_BLANK}(?:0?\\.(?=[0-9]*[1-9])[0-9]{{1,15}}"  # 0.2, .05
+                 # 1e-05, as Python writes a float below 1e-4 (the CLI sends str(float))
+                 "|[1-9](?:\\.[0-9]{1,14})?[eE]-0?(?:[1-9]|[1-9][0-9]|[12][0-9]{2}|300)"
+                 f")?{_BLANK}$")
+SEED_PATTERN = (f"^{_BLANK}(?:0*(?:[0-9]{{1,9}}|[1-3][0-9]{{9}}|4[01][0-9]{{8}}|42[0-8][0-9]{{7}}"
+                "|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[01][0-9]{2}"
+                f"|42949672[0-8][0-9]|429496729[0-5]))?{_BLANK}$")
+_TEXT = {"pattern": NO_NUL_PATTERN}
 # Form fields are bounded like JSON fields: column names and labels end up in SQL rows.
-NameField = Annotated[str | None, Form(max_length=255, description="Defaults to the file name.")]
-TaskField = Annotated[str | None, Form(max_length=32,
+NameField = Annotated[str | None, Form(max_length=255, description="Defaults to the file name.",
+                                       json_schema_extra=_TEXT)]
+TaskField = Annotated[str | None, Form(max_length=32, json_schema_extra={"pattern": TASK_PATTERN},
                                        description="single_label, multi_label or chat; inferred if absent.")]
-TextColumnField = Annotated[str | None, Form(max_length=1000, description="Inferred if absent.")]
+TextColumnField = Annotated[str | None, Form(max_length=1000, description="Inferred if absent.",
+                                             json_schema_extra=_TEXT)]
 LabelColumnField = Annotated[str | None, Form(
-    max_length=10_000, description="One column, or several comma-separated 0/1 columns (one per label).")]
-SplitField = Annotated[str | None, Form(max_length=32,
+    max_length=10_000, description="One column, or several comma-separated 0/1 columns (one per label).",
+    json_schema_extra=_TEXT)]
+SplitField = Annotated[str | None, Form(max_length=32, json_schema_extra={"pattern": SPLIT_PATTERN},
                                         description="Fraction held out when no validation_file; 0.2.")]
-SeedField = Annotated[str | None, Form(max_length=32, description="Seed of the validation split; 42.")]
+SeedField = Annotated[str | None, Form(max_length=32, json_schema_extra={"pattern": SEED_PATTERN},
+                                       description="Seed of the validation split; 42.")]
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 
 
@@ -101,10 +76,14 @@ def _check_text_fields(**fields: str | None) -> None:
 def _options(task: str | None, text_column: str | None, label_column: str | None,
              validation_split: str | None, seed: str | None) -> IngestOptions:
     """The form fields checked, each failure a 422 that says what to send instead."""
-    task = _blank_to_none(task)
-    if task is not None and task not in TASKS:
+    if task is not None and not re.fullmatch(TASK_PATTERN, task):
         raise HTTPException(422, f"task {task!r} is not one of {', '.join(TASKS)}; leave it out to infer it")
+    task = _blank_to_none(task)
     split_text, seed_text = _blank_to_none(validation_split), _blank_to_none(seed)
+    if validation_split is not None and not re.fullmatch(SPLIT_PATTERN, validation_split):
+        split_text = "?"
+    if seed is not None and not re.fullmatch(SEED_PATTERN, seed):
+        seed_text = "?"
     try:
         fraction = float(split_text) if split_text else 0.2
     except ValueError:
@@ -137,7 +116,7 @@ async def _save_all(uploads: dict[str, UploadFile | None], directory: Path,
                 upload, filename=upload.filename, dest=directory / field_name, limit_bytes=budget,
             )
         except UploadTooLarge as e:
-            raise UploadTooLarge(_too_large(settings)) from e
+            raise UploadTooLarge(upload_too_large(settings)) from e
         budget -= saved[field_name].size_bytes
     return saved
 

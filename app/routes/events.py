@@ -18,6 +18,7 @@ stream had got to: events and points go out in the order they were written.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ from sqlalchemy import func, select
 
 from app.crud import jobs as crud
 from app.deps import Authenticated, PrincipalDep
-from app.schemas.common import MAX_INT32, JobIdPath, errors
+from app.schemas.common import JobIdPath, errors
 from app.schemas.jobs import JobEventPublic, JobPublic
 from core.db import new_session
 from core.jobstate import FINAL_STATES
@@ -56,21 +57,28 @@ def _existing_job_id(job_id: JobIdPath, principal: PrincipalDep) -> str:
     return job_id
 
 
-def parse_cursor(last_event_id: Annotated[str | None, Header()] = None) -> tuple[int, int | None]:
+# 0 to 2**31 - 1 (MAX_INT32) in decimal, leading zeros allowed: the ids this stream sends.
+_INT32 = ("0*(?:[0-9]{1,9}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}"
+          "|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])")
+# `E` or `E:M`, or blank (no cursor). Checked as the document states it, so the two agree.
+CURSOR_PATTERN = f"^[ \\t]*(?:({_INT32})(?::({_INT32}))?)?[ \\t]*$"
+
+
+def parse_cursor(
+    last_event_id: Annotated[str | None, Header(json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
+) -> tuple[int, int | None]:
     """`E` or `E:M` -> (event id, point id or None when only the event id was given). A dependency,
     so that a malformed one is a 400 before the stream starts."""
-    if not last_event_id:
+    if last_event_id is None:
         return 0, 0
-    head, _, tail = last_event_id.strip().partition(":")
-    try:
-        event_id = max(0, int(head))
-        point_id = max(0, int(tail)) if tail else None
-        if max(event_id, point_id or 0) > MAX_INT32:  # no row has such an id; SQL would overflow
-            raise ValueError(last_event_id)
-    except ValueError:
+    match = re.fullmatch(CURSOR_PATTERN, last_event_id)
+    if match is None:
         raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an id this stream sent; "
-                                 "it sends '<event id>' or '<event id>:<point id>'.") from None
-    return event_id, point_id
+                                 "it sends '<event id>' or '<event id>:<point id>'.")
+    head, tail = match.groups()
+    if head is None:
+        return 0, 0
+    return int(head), int(tail) if tail is not None else None
 
 
 class _Poll:

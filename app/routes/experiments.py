@@ -6,18 +6,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app import leaderboard as board
 from app.auth import Principal
+from app.base_models import UnusableBaseModel, resolve_base_model
 from app.crud import experiments as crud
 from app.crud import jobs as jobs_crud
-from app.crud import models as models_crud
-from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
-from app.routes.jobs import remove_job, resolve_base_model
+from app.deps import Authenticated, PrincipalDep, RemovalDep, SessionDep, SettingsDep
+from app.removal import ModelInUse, jobs_training_from
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
 from core import catalogue, jobstate
@@ -93,7 +93,10 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
             raise HTTPException(422, f"metric_for_best_model {hp.metric_for_best_model!r} (for {name!r}) "
                                      f"does not exist for {dataset.task} jobs; choose one of "
                                      f"{sorted(allowed)}.")
-    resolved = {name: resolve_base_model(session, settings, principal, name) for name in names}
+    try:
+        resolved = {name: resolve_base_model(session, settings, principal, name) for name in names}
+    except UnusableBaseModel as exc:
+        raise HTTPException(422, str(exc)) from exc
     active = jobs_crud.count_active_jobs(session, tenant_id=principal.tenant_id)
     if active + len(names) > settings.max_active_jobs_per_key:
         raise HTTPException(429, f"this key has {active} queued or running jobs and the experiment adds "
@@ -222,8 +225,7 @@ def cancel_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
 
 @router.delete("/{experiment_id}", status_code=204, response_class=Response)
 async def delete_experiment(
-    experiment_id: ExperimentIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
-    principal: PrincipalDep, request: Request,
+    experiment_id: ExperimentIdPath, session: SessionDep, removal: RemovalDep, principal: PrincipalDep,
     delete_models: bool = Query(False, description="Also delete the jobs' tuned models (kept by default)."),
 ) -> Response:
     """Delete a stopped experiment and its jobs, each as DELETE /jobs/{id} deletes it (rows and
@@ -237,13 +239,16 @@ async def delete_experiment(
     if delete_models:
         # Checked for every model before anything goes, so a refusal leaves the experiment whole.
         for job in jobs:
-            users = await run_in_threadpool(_active_users_of, session, job.model_id)
+            users = await run_in_threadpool(jobs_training_from, session, model_id=job.model_id)
             if users:
                 raise HTTPException(409, f"Model {job.model_id} of experiment {experiment_id} is the base of "
                                          f"job(s) {', '.join(users)}; wait for them or delete the experiment "
                                          "without delete_models=true.")
     for job in jobs:
-        await remove_job(session, settings, predictor, request, job, delete_model=delete_models)
+        try:
+            await removal.remove_job(job, delete_model=delete_models)
+        except ModelInUse as exc:  # a job from the model was queued since the check above
+            raise HTTPException(409, str(exc)) from exc
     await run_in_threadpool(_delete_experiment_row, session, experiment)
     return Response(status_code=204)
 
@@ -252,13 +257,6 @@ def _experiment_and_jobs(session: Session, principal: Principal,
                          experiment_id: str) -> tuple[Experiment, list[Job]]:
     experiment = _get_experiment_or_404(session, principal, experiment_id)
     return experiment, crud.jobs_of(session, experiments=[experiment])[experiment.id]
-
-
-def _active_users_of(session: Session, model_id: str | None) -> list[str]:
-    if model_id is None:
-        return []
-    return [f"{job.id} ({job.state})" for job in models_crud.active_jobs_from_model(session=session,
-                                                                                      model_id=model_id)]
 
 
 def _delete_experiment_row(session: Session, experiment: Experiment) -> None:

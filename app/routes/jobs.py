@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
-import shutil
-from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import Principal
+from app.base_models import UnusableBaseModel, resolve_base_model
 from app.crud import jobs as crud
-from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
-from app.routes.models import remove_model
+from app.deps import Authenticated, PrincipalDep, RemovalDep, SessionDep, SettingsDep
+from app.removal import ModelInUse
 from app.schemas.common import MAX_INT32, IdQuery, JobIdPath, Limit, Offset, errors
 from app.schemas.jobs import (
     CheckpointPublic,
@@ -34,104 +31,12 @@ log = logging.getLogger("tuneserve.api.jobs")
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
 
 def _get_job_or_404(session: SessionDep, principal: Principal, job_id: str) -> Job:
     job = principal.visible(crud.get_job(session, job_id=job_id))
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No job with id {job_id!r}; GET /jobs lists them.")
     return job
-
-
-def resolve_base_model(session: SessionDep, settings: Settings, principal: Principal,
-                        name: str | None) -> tuple[str, str | None]:
-    """(base_model as recorded, tuned model id when it names one). 422 when it cannot work."""
-    if not name:
-        return settings.default_base_model, None
-    name = name.strip()
-    if principal.visible(session.get(TunedModel, name)) is not None:
-        return name, name
-    if name.startswith("mdl_"):
-        # Another key's model answers exactly as a missing one: a 422 must not confirm it exists.
-        raise HTTPException(422, f"base_model {name!r} looks like a tuned model id, but no such model "
-                                 "exists; GET /models lists them.")
-    if name in store.BUNDLED_MODEL_NAMES:
-        return name, None
-    if name.startswith(("/", ".", "~")) or "\\" in name or ".." in name.split("/"):
-        return _local_base_model(settings, principal, name), None
-    if principal.is_admin and Path(name).exists():  # a relative directory, as before keys existed
-        return _local_base_model(settings, principal, name), None
-    if not HUB_ID.match(name):
-        raise HTTPException(422, f"base_model {name!r} is neither a local directory nor a Hugging Face hub "
-                                 "name such as 'klue/bert-base'.")
-    _check_hub_model(name, settings.hub_check_timeout_s)
-    return name, None
-
-
-def _local_base_model(settings: Settings, principal: Principal, name: str) -> str:
-    """A local model directory, resolved. A non-admin key gets the same answer for a path that
-    exists and one that does not, unless it lies in TUNESERVE_BASE_MODEL_DIRS: the API must not
-    let callers probe the server's filesystem."""
-    allowed = settings.base_model_dir_paths
-    # Decided on the path's text alone (no filesystem call) before anything is looked up...
-    lexical = Path(os.path.normpath(os.path.abspath(os.path.expanduser(name))))
-    try:
-        path = Path(name).expanduser().resolve() if principal.is_admin or _inside(lexical, allowed) else None
-    except (OSError, RuntimeError) as e:  # a symlink loop, an unreadable /proc entry
-        raise HTTPException(422, f"base_model {name!r} is not a usable local path "
-                                 f"({type(e).__name__})") from e
-    # ...and again after symlinks are followed, so a link in an allowed directory leads nowhere else.
-    if path is None or (not principal.is_admin and not _inside(path, allowed)):
-        where = ", ".join(str(d) for d in allowed) or "none are configured (TUNESERVE_BASE_MODEL_DIRS)"
-        raise HTTPException(422, f"base_model {name!r} is a local path; with an API key that is not an admin "
-                                 f"key, only directories under these are allowed: {where}. Use a hub name "
-                                 "or the id of one of your tuned models instead.")
-    # Checkpoints and models of jobs are addressed by model id (ownership is checked there),
-    # never by path: a path would reach another job's files.
-    for private in (settings.models_dir, settings.data_dir):
-        if path.is_relative_to(Path(private).resolve()):
-            raise HTTPException(422, f"base_model {name!r} lies inside the service's own storage; name a "
-                                     "tuned model by its id (GET /models) instead of its path.")
-    try:
-        is_model_dir = (path / "config.json").is_file()
-    except OSError:
-        is_model_dir = False
-    if not is_model_dir:
-        raise HTTPException(422, f"base_model {name!r} is not a Hugging Face model directory (no readable "
-                                 "config.json there).")
-    return str(path)
-
-
-def _inside(path: Path, directories: list[Path]) -> bool:
-    return any(path.is_relative_to(d) for d in directories)
-
-
-def _check_hub_model(name: str, timeout_s: float) -> None:
-    """A hub name is accepted when it is in the local cache, or when the hub says it exists.
-    Without a network the answer is a 422 within `timeout_s`, not a job that hangs in a worker."""
-    from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return
-    if is_offline_mode():
-        raise HTTPException(422, f"base_model {name!r} is not in the local Hugging Face cache and the "
-                                 "hub is offline (HF_HUB_OFFLINE is set). Unset HF_HUB_OFFLINE on a "
-                                 "machine with a network, or download the model and pass its directory.")
-    try:
-        HfApi().model_info(name, timeout=timeout_s)
-    except RepositoryNotFoundError as exc:
-        raise HTTPException(422, f"base_model {name!r} is not a model on the Hugging Face hub (or it is "
-                                 "private or gated: set HF_TOKEN for the API and the worker).") from exc
-    except HfHubHTTPError as exc:
-        raise HTTPException(422, f"The Hugging Face hub refused base_model {name!r} ({exc}); check the "
-                                 "name, or download the model and pass its directory.") from exc
-    except Exception as exc:  # noqa: BLE001 - the hub client's transport errors (connect, timeout,
-        # DNS) are its HTTP library's own classes, whichever it uses: each means "not reachable".
-        raise HTTPException(422, f"base_model {name!r} is not in the local Hugging Face cache and the hub "
-                                 f"cannot be reached ({type(exc).__name__}: {exc}). Check the network (or "
-                                 "HF_ENDPOINT), or download the model and pass its directory.") from exc
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
@@ -159,7 +64,10 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
         raise HTTPException(422, "A chat job needs a causal language model as base_model (a Llama, Qwen, "
                                  "GPT-2 ... directory or hub name); the default MiniLM is an encoder and "
                                  "cannot generate text.")
-    base_model, base_model_id = resolve_base_model(session, settings, principal, job_in.base_model)
+    try:
+        base_model, base_model_id = resolve_base_model(session, settings, principal, job_in.base_model)
+    except UnusableBaseModel as exc:
+        raise HTTPException(422, str(exc)) from exc
     active = crud.count_active_jobs(session, tenant_id=principal.tenant_id)
     if active >= settings.max_active_jobs_per_key:
         raise HTTPException(429, f"this key has {active} queued or running jobs; the limit is "
@@ -218,7 +126,9 @@ def _public(session: SessionDep, settings: Settings, job: Job) -> JobPublic:
     model = session.get(TunedModel, job.model_id) if job.model_id else None
     if model is not None:
         disk_bytes += model.size_bytes
-    return JobPublic.model_validate(job).model_copy(update={"disk_bytes": disk_bytes})
+    newest = store.latest_resumable_checkpoint(store.checkpoints_dir(settings.models_dir, job.id))
+    return JobPublic.model_validate(job).model_copy(update={
+        "disk_bytes": disk_bytes, "resume_from_step": newest[0] if newest else None})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
@@ -280,8 +190,7 @@ def resume_job(job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
 
 @router.delete("/{job_id}", status_code=204, response_class=Response)
 async def delete_job(
-    job_id: JobIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
-    principal: PrincipalDep, request: Request,
+    job_id: JobIdPath, session: SessionDep, removal: RemovalDep, principal: PrincipalDep,
     delete_model: bool = Query(False, description="Also delete the job's tuned model (kept by default)."),
 ) -> Response:
     """Delete a finished job: its rows (events, metrics, checkpoints) and files. 409 while it is
@@ -290,25 +199,11 @@ async def delete_job(
     if job.state in ACTIVE_STATES:
         raise HTTPException(409, f"Job {job_id} is {job.state}; cancel it first (POST /jobs/{job_id}/cancel) "
                                  "and delete it once it has stopped.")
-    await remove_job(session, settings, predictor, request, job, delete_model=delete_model)
+    try:
+        await removal.remove_job(job, delete_model=delete_model)
+    except ModelInUse as exc:
+        raise HTTPException(409, str(exc)) from exc
     return Response(status_code=204)
-
-
-async def remove_job(session: Any, settings: Settings, predictor: Any, request: Request, job: Job, *,
-                     delete_model: bool) -> None:
-    """Rows, files and (when asked) the tuned model of a job that has stopped. DELETE
-    /experiments/{id} goes through here for each of its jobs."""
-    model = session.get(TunedModel, job.model_id) if job.model_id else None
-    if delete_model and model is not None:
-        await remove_model(session, settings, predictor, request, model)
-    job_id = job.id
-    await run_in_threadpool(_delete_job_rows, session, job)
-    await run_in_threadpool(shutil.rmtree, store.job_dir(settings.models_dir, job_id), True)
-
-
-def _delete_job_rows(session: SessionDep, job: Job) -> None:
-    crud.delete_job(session, job=job)
-    session.commit()
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])

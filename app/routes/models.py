@@ -5,22 +5,20 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import Principal
 from app.crud import models as crud
-from app.deps import Authenticated, PredictorDep, PrincipalDep, SessionDep, SettingsDep
-from app.routes.generate import generations
+from app.deps import Authenticated, PrincipalDep, RemovalDep, SessionDep, SettingsDep
+from app.removal import ModelInUse
 from app.schemas.common import Limit, ModelIdPath, Offset, errors
 from app.schemas.models import ModelPublic, ModelsPublic
-from app.serving.export import iter_targz
-from core.settings import Settings
+from app.serving.export import Snapshot, iter_targz
 from core.tables import TunedModel
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Authenticated],
@@ -51,47 +49,38 @@ def read_model(model_id: ModelIdPath, session: SessionDep, principal: PrincipalD
     return _get_or_404(session, principal, model_id)
 
 
-def _owned_dir(settings: Settings, path: str) -> Path | None:
-    """The model's directory if it lies inside the store: deleting a model never removes
-    files it merely points at elsewhere."""
-    directory = Path(path).resolve()
-    store = (Path(settings.models_dir) / "models").resolve()
-    return directory if directory.is_relative_to(store) and directory != store else None
-
-
 @router.delete("/{model_id}", status_code=204, response_class=Response)
 async def delete_model(
-    model_id: ModelIdPath, session: SessionDep, settings: SettingsDep, predictor: PredictorDep,
-    principal: PrincipalDep, request: Request,
+    model_id: ModelIdPath, session: SessionDep, removal: RemovalDep, principal: PrincipalDep,
 ) -> Response:
     """Delete a tuned model (row, files, loaded copy); 409 while a job trains from it."""
     model = await run_in_threadpool(_get_or_404, session, principal, model_id)
-    await remove_model(session, settings, predictor, request, model)
+    try:
+        await removal.remove_model(model)
+    except ModelInUse as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
     return Response(status_code=204)
 
 
-async def remove_model(session: Any, settings: Settings, predictor: Any, request: Request,
-                       model: TunedModel) -> None:
-    """Row, files (when inside the store) and loaded copy; 409 while a job trains from it.
-    DELETE /jobs/{id}?delete_model=true goes through here too."""
-    model_id = model.id
-    active = await run_in_threadpool(crud.active_jobs_from_model, session=session, model_id=model_id)
-    if active:
-        jobs = ", ".join(f"{job.id} ({job.state})" for job in active)
-        raise HTTPException(
-            status_code=409,
-            detail=f"model {model_id!r} is the base model of job(s) {jobs}; cancel them or wait "
-            "for them to finish before deleting it",
-        )
-    path = model.path
-    await run_in_threadpool(crud.delete_model, session=session, model=model)
-    predictor.evict(model_id)
-    generations(request).evict(model_id)  # a chat model's adapter leaves its shared base
-    directory = _owned_dir(settings, path)
-    if directory is not None:
-        await run_in_threadpool(shutil.rmtree, directory, True)
-    else:
-        log.warning("model %s deleted; its files at %s lie outside the store and were kept", model_id, path)
+def _deleted_meanwhile(model_id: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=f"model {model_id!r} was deleted while its download "
+                         "was starting; nothing was sent")
+
+
+def _snapshot(session: Any, principal: Principal, directory: Path, name: str, model_id: str) -> Snapshot:
+    """The files opened before the response starts, so a concurrent delete cannot cut it.
+
+    A delete removes the row before the files; so the row, read again once every file is
+    open, says whether the listing could have raced the removal (and missed files)."""
+    try:
+        snapshot = Snapshot(directory, name)
+    except FileNotFoundError as e:
+        raise _deleted_meanwhile(model_id) from e
+    session.rollback()  # a fresh transaction, which sees a delete committed since the first read
+    if principal.visible(crud.get_model(session=session, model_id=model_id)) is None:
+        snapshot.close()
+        raise _deleted_meanwhile(model_id)
+    return snapshot
 
 
 @router.get(
@@ -118,7 +107,7 @@ def download_model(
     if not (adapter and merged):
         name = f"{model_id}-adapter" if adapter else model_id
         return StreamingResponse(
-            iter_targz(directory, name),
+            iter_targz(_snapshot(session, principal, directory, name, model_id)),
             media_type="application/gzip",
             headers={"Content-Disposition": f'attachment; filename="{name}.tar.gz"'},
         )
@@ -126,19 +115,17 @@ def download_model(
 
     staging = Path(tempfile.mkdtemp(prefix=f".merge-{model_id}-", dir=settings.data_dir))
     try:
-        merged_into = merge_to_directory(read_spec(model_id, directory), staging / model_id)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-    def stream() -> Iterator[bytes]:
         try:
-            yield from iter_targz(staging / model_id, f"{model_id}-merged")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            merged_into = merge_to_directory(read_spec(model_id, directory), staging / model_id)
+        except FileNotFoundError as e:
+            raise _deleted_meanwhile(model_id) from e
+        # Opened before the staging directory can go: the stream reads only these handles.
+        snapshot = _snapshot(session, principal, staging / model_id, f"{model_id}-merged", model_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     return StreamingResponse(
-        stream(), media_type="application/gzip",
+        iter_targz(snapshot), media_type="application/gzip",
         headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"',
                  # Also in the archive's tuneserve.json (merged_into).
                  "X-Tuneserve-Merged-Into": merged_into.encode("ascii", "replace").decode()},

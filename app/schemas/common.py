@@ -9,6 +9,10 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+from core.jobspec import NO_NUL_PATTERN, JsonTypes
+
+__all__ = ["NO_NUL_PATTERN", "JsonTypes"]
+
 # Row offsets, event ids and steps: PostgreSQL INTEGER is 32-bit and OFFSET a 64-bit bigint;
 # past 2**31 - 1 no row can match anyway, so a larger number is a client error, not a query.
 MAX_INT32 = 2**31 - 1
@@ -32,7 +36,8 @@ def reject_unstorable(value: str) -> str:
     return value
 
 
-CleanStr = Annotated[str, AfterValidator(reject_unstorable)]
+CleanStr = Annotated[str, AfterValidator(reject_unstorable),
+                     Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 
 

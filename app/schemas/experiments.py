@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.schemas.common import CleanStr, Id, id_path
+from app.schemas.common import CleanStr, Id, JsonTypes, id_path
 from core.jobspec import Hyperparameters
 from core.jobstate import JobState
 
@@ -17,7 +17,7 @@ ExperimentIdPath = Annotated[str, id_path("experiment")]
 BaseModelName = Annotated[CleanStr, StringConstraints(min_length=1, max_length=1024)]
 
 
-class ExperimentCreate(BaseModel):
+class ExperimentCreate(JsonTypes):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset_id: Id

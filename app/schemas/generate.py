@@ -1,5 +1,5 @@
 """Generation payloads: POST /generate. Limits from settings (prompt tokens, max_new_tokens,
-concurrent generations) are checked by the route, so the 4xx names the configured values."""
+queued tokens) are checked by the route, so the 4xx names the configured values."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CleanStr, Id
+from app.schemas.common import CleanStr, Id, JsonTypes
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(JsonTypes):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
     content: Annotated[CleanStr, Field(min_length=1)]
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(JsonTypes):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model_id: Id
@@ -28,6 +28,12 @@ class GenerateRequest(BaseModel):
         description="Most tokens in the reply; default 256 or TUNESERVE_GENERATE_MAX_NEW_TOKENS if lower.")
     temperature: float = Field(0.7, ge=0, le=2, description="0: greedy (deterministic) decoding.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (ignored when greedy).")
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=8,
+        description="The reply ends before the first of these strings (finish_reason stop).")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="Sampling seed: the same seed, prompt and settings give the same reply.")
     stream: bool = Field(False, description="Answer Server-Sent Events, one per decoded piece of text.")
 
 

@@ -7,14 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CleanStr, Id
+from app.schemas.common import CleanStr, Id, JsonTypes
 from core.jobspec import Hyperparameters
 from core.jobstate import JobState
 
 __all__ = ["Hyperparameters", "JobCreate", "JobPublic", "JobsPublic", "JobEventPublic", "CheckpointPublic"]
 
 
-class JobCreate(BaseModel):
+class JobCreate(JsonTypes):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset_id: Id
@@ -57,6 +57,9 @@ class JobPublic(BaseModel):
         None, description="Made before the model loaded: each term in GiB, the free memory, the chosen "
         "quantization, optimizer and gradient checkpointing and why (POST /plan's fields).")
     disk_bytes: int = Field(0, description="Bytes on disk: the job's checkpoints plus its tuned model.")
+    resume_from_step: int | None = Field(
+        None, description="The step a resume (or a new worker) continues from: its newest checkpoint "
+        "with training state; null when it has none and would start from the beginning.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

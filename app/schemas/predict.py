@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import MAX_INT32, CleanStr, Id
+from app.schemas.common import MAX_INT32, CleanStr, Id, JsonTypes
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(JsonTypes):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model_id: Id
-    texts: list[CleanStr] = Field(description="Texts to classify; the answer keeps their order.")
+    # minItems is documented, not enforced here: the route's 422 names the configured limits.
+    texts: list[CleanStr] = Field(description="Texts to classify; the answer keeps their order.",
+                                  json_schema_extra={"minItems": 1})
     top_k: int | None = Field(
         None, ge=1, le=MAX_INT32, description="Return only the k best scores per text (highest first)."
     )

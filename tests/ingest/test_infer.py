@@ -58,3 +58,28 @@ def test_chat_with_labels_is_refused() -> None:
 def test_label_order_is_numeric_then_alphabetical() -> None:
     examples = Examples(rows=[1, 2, 3, 4], texts=["a"] * 4, tokens=[["10"], ["2"], ["b"], ["a"]])
     assert label_order(examples, Plan("single_label", "text", ["label"])) == ["2", "10", "a", "b"]
+
+
+def test_one_column_named_as_both_text_and_label_is_refused() -> None:
+    df = frame(text=TEXTS, label=["a", "b"] * 6)
+    with pytest.raises(IngestError) as caught:
+        plan_columns(df, task=None, text_column="label", label_columns=["label"])
+    assert "column 'label' is named as both text_column and label_column" in str(caught.value)
+
+
+def test_a_column_of_objects_is_never_text() -> None:
+    df = pd.DataFrame({"meta": [{"x": i, "y": "z"} for i in range(12)], "body": TEXTS,
+                       "label": ["a", "b"] * 6})
+    with pytest.raises(IngestError) as caught:
+        plan_columns(df, task=None, text_column="meta", label_columns=["label"])
+    assert "column 'meta' named in text_column holds objects" in str(caught.value)
+    plan = plan_columns(df, task=None, text_column=None, label_columns=["label"])
+    assert plan.text_column == "body"  # inference passes over it
+
+
+def test_a_column_of_lists_is_not_text_nor_objects_a_label() -> None:
+    df = pd.DataFrame({"tokens": [["a", "b"]] * 12, "text": TEXTS, "meta": [{"k": 1}] * 12})
+    with pytest.raises(IngestError, match="column 'tokens' named in text_column holds lists"):
+        plan_columns(df, task=None, text_column="tokens", label_columns=[])
+    with pytest.raises(IngestError, match="column 'meta' named in label_column holds objects"):
+        plan_columns(df, task=None, text_column="text", label_columns=["meta"])

@@ -111,8 +111,10 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
         clients.append(client)
         env = service_env(tmp_path, database_url, broker, **extra)
 
-        def start_worker() -> WorkerProcess:
-            worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log").start()
+        def start_worker(**worker_extra: Any) -> WorkerProcess:
+            """A worker with the stack's settings, and `worker_extra` settings of its own."""
+            own_env = env | {f"TUNESERVE_{k.upper()}": str(v) for k, v in worker_extra.items()}
+            worker = WorkerProcess(own_env, tmp_path / f"worker-{len(workers)}.log").start()
             workers.append(worker)
             return worker
 

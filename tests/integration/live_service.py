@@ -58,6 +58,12 @@ class LiveService:
         self.worker = WorkerProcess(env, directory / "worker.log")
 
     def start(self, timeout_s: float = 90) -> LiveService:
+        self.start_api(timeout_s)
+        self.worker.start()
+        return self
+
+    def start_api(self, timeout_s: float = 90) -> None:
+        """uvicorn on this service's port, once it answers /readyz. Its log starts afresh."""
         self.api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
              "--port", str(self.port)],
@@ -70,17 +76,13 @@ class LiveService:
                 raise RuntimeError(f"the API exited at start:\n{self.log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    break
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        else:
-            raise TimeoutError(self.log_path.read_text()[-3000:])
-        self.worker.start()
-        return self
+        raise TimeoutError(self.log_path.read_text()[-3000:])
 
-    def stop(self) -> None:
-        self.worker.stop()
+    def stop_api(self) -> None:
         if self.api and self.api.poll() is None:
             self.api.terminate()
             try:
@@ -88,6 +90,10 @@ class LiveService:
             except subprocess.TimeoutExpired:
                 self.api.kill()
                 self.api.wait()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.stop_api()
 
 
 def cli(live: LiveService, *args: str) -> Any:

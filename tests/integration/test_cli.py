@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
+from app.client import output as out
 from tests.conftest import FIXTURES
+from tests.integration.conftest import wait_until
 from tests.integration.live_service import LiveService, cli
 
 pytestmark = pytest.mark.slow
@@ -55,6 +59,22 @@ def test_read_commands_show_the_finished_job(live: LiveService, finished: dict[s
     assert "best f1_macro" in metrics.output and "train: 15 points" in metrics.output
     body = json.loads(cli(live, "metrics", job["id"], "--json").output)
     assert [p["step"] for p in body["eval"]] == [5, 10, 15]
+    # The classification report of the tuned model on the validation split, row by row as the
+    # comparison stored it, then the averages and the confusion matrix.
+    tuned = body["comparison"]["splits"]["validation"]["tuned"]
+    report = _table_rows(metrics.output, "per class on the validation split")
+    for name, figures in tuned["per_class"].items():
+        assert report[name] == [out.fmt(figures["precision"]), out.fmt(figures["recall"]),
+                                out.fmt(figures["f1"]), str(figures["support"])], report
+    assert sum(f["support"] for f in tuned["per_class"].values()) == 24
+    assert report["macro avg"] == [out.fmt(tuned["precision_macro"]), out.fmt(tuned["recall_macro"]),
+                                   out.fmt(tuned["f1_macro"]), "24"]
+    assert report["weighted avg"][2:] == [out.fmt(tuned["f1_weighted"]), "24"]
+    assert "confusion matrix on the validation split" in metrics.output
+    matrix = _table_rows(metrics.output, "confusion matrix on the validation split")
+    confusion = tuned["confusion_matrix"]
+    assert {label: [int(n) for n in counts] for label, counts in matrix.items()} == dict(
+        zip(confusion["labels"], confusion["matrix"], strict=True))
 
     ds = json.loads(cli(live, "datasets", "show", job["dataset_id"], "--json").output)
     assert ds["num_rows"] == {"train": 80, "validation": 24}
@@ -74,6 +94,20 @@ def test_read_commands_show_the_finished_job(live: LiveService, finished: dict[s
     assert download.exit_code == 0, download.output
     with tarfile.open(target) as archive:
         assert any(name.endswith("config.json") for name in archive.getnames())
+
+
+def _table_rows(text: str, title: str) -> dict[str, list[str]]:
+    """The body rows of the table titled `title` in a command's output, by their first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line)
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 1:]:
+        if line.startswith("└"):
+            break
+        if line.startswith("│"):
+            first, *cells = [cell.strip() for cell in line.strip("│").split("│")]
+            rows[first] = cells
+    return rows
 
 
 def test_cancel_then_watch_ends_with_the_cancelled_state_and_a_non_zero_exit(
@@ -180,3 +214,40 @@ def test_generate_streams_a_tuned_chat_models_reply(live: LiveService, tiny_chat
     assert whole["message"]["content"].strip() in streamed.output
     refused = cli(live, "generate", "mdl_nope", "hello")
     assert refused.exit_code == 1 and "HTTP 404" in refused.output
+
+
+def test_experiments_watch_rides_out_a_server_restart(live: LiveService, finished: dict[str, Any]) -> None:
+    """The watch polls; the API stops and starts again on the same port; the watch goes on, and
+    ends when the experiment does (cancelled here: exit 1 and its state, not 2 for no server)."""
+    created = cli(live, "experiments", "create", "--dataset", finished["job"]["dataset_id"], "--base-model",
+                  str(live.tiny_encoder_dir), "--epochs", "100", "--json")
+    assert created.exit_code == 0, created.output
+    experiment_id = json.loads(created.output)["id"]
+    answers: list[int] = []  # the status of each response the watch got, in order
+
+    http = httpx.Client(base_url=live.url, timeout=30,
+                        event_hooks={"response": [lambda response: answers.append(response.status_code)]})
+    watched: dict[str, Any] = {}
+    watcher = threading.Thread(target=lambda: watched.update(result=CliRunner().invoke(
+        app, ["experiments", "watch", experiment_id], obj=http, env={"COLUMNS": "200"})))
+    watcher.start()
+    try:
+        wait_until(lambda: answers, timeout_s=60, what="the watch's first poll")
+        live.stop_api()
+        live.start_api()
+        seen = len(answers)
+        wait_until(lambda: len(answers) > seen or not watcher.is_alive(), timeout_s=60,
+                   what="a poll after the restart")
+        assert watcher.is_alive(), f"the watch ended with the server down:\n{watched['result'].output}"
+        assert httpx.post(f"{live.url}/experiments/{experiment_id}/cancel", timeout=30).status_code == 200
+        watcher.join(timeout=120)
+        assert not watcher.is_alive(), "the watch did not end with the experiment"
+    finally:
+        watcher.join(timeout=120)
+        http.close()
+    result = watched["result"]
+    assert result.exit_code == 1, result.output
+    assert "the server does not answer; reconnecting (1/" in result.output
+    assert f"experiment {experiment_id} cancelled" in result.output
+    deleted = cli(live, "experiments", "delete", experiment_id)
+    assert deleted.exit_code == 0, deleted.output

@@ -101,8 +101,12 @@ def test_a_finished_jobs_page_draws_its_curves_in_chromium(live: LiveService, fi
     assert rate[0][1] < rate[-1][1]  # SVG y grows downwards
 
     assert "Confusion matrix" in text and "true \\ predicted" in text
-    confusion = [a for t, a in dom.tags if t == "td" and "cm" in a.get("class", "")]
+    confusion = [a for t, a in dom.tags if t == "td" and "cm" in a.get("class", "").split()]
     assert len(confusion) == 4  # two labels
+    # A heat map: each cell shaded by its share of its true label's row (the rows sum to 1).
+    shares = [float(a["data-share"]) for a in confusion]
+    assert sum(shares[:2]) == pytest.approx(1, abs=0.002) and sum(shares[2:]) == pytest.approx(1, abs=0.002)
+    assert all(a["style"].startswith("--share:") for a in confusion)
     comparison = metrics["comparison"]["splits"]["validation"]
     assert "Comparison: tuned vs " in text and "tfidf" in text and "majority" in text
     assert fmt_like_page(comparison["tuned"]["f1_macro"]) in text
@@ -132,12 +136,155 @@ def test_the_overview_and_the_dataset_page_with_its_validation_report(
     sources = [a.get("src") or a.get("href") for t, a in overview.tags if t in {"script", "link"}]
     assert sources and all(s.startswith("/dashboard/static/") for s in sources)
 
-    dataset = Elements(chromium(tmp_path, f"{live.url}/#/datasets/{job['dataset_id']}", "--dump-dom"))
+    dataset_id = job["dataset_id"]
+    found = httpx.get(f"{live.url}/datasets/{dataset_id}").json()
+    dataset = Elements(chromium(tmp_path, f"{live.url}/#/datasets/{dataset_id}", "--dump-dom"))
     text = " ".join(dataset.text)
-    for heading in ("Warnings", "Label distribution", "Rejected rows", "Validation report", "Preview"):
-        assert heading in text
+    for heading in ("Warnings", "Label distribution", "Rejected rows", "Validation report", "Preview",
+                    "How the columns were chosen", "Text length (characters)",
+                    "Overlap with the training split", "Files read"):
+        assert heading in text, heading
+    # The warnings as a list, one item each.
+    items = [a for t, a in dataset.tags if t == "li"]
+    assert len(items) >= len(found["warnings"]) > 0
     assert "also in the training split" in text  # the upload's warning about the overlap
-    assert "text_length_chars" in text and "overlap_with_train" in text
+    # One small bar per label and split, carrying the count the API reports.
+    drawn = {(a["data-label"], int(a["data-count"])) for t, a in dataset.tags
+             if t == "li" and "data-count" in a}
+    expected = {(label, n) for counts in found["label_distribution"].values() for label, n in counts.items()}
+    assert drawn == expected
+    assert "{" not in text  # no raw JSON left on the page
+
+
+def _save_screenshot(browser: Browser, name: str) -> Path:
+    import base64
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
+    data = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+    shot.write_bytes(base64.b64decode(data))
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return shot
+
+
+# Every numeric header and the cells under it are right-aligned (a table's numeric columns).
+NUMERIC_ALIGNMENT = """(() => {
+  const bad = [];
+  for (const th of document.querySelectorAll("table.stack th.num")) {
+    if (getComputedStyle(th).textAlign !== "right") bad.push("th " + th.textContent);
+  }
+  for (const td of document.querySelectorAll("table.stack td.num")) {
+    if (getComputedStyle(td).textAlign !== "right") bad.push("td " + td.dataset.label);
+  }
+  return JSON.stringify({heads: document.querySelectorAll("table.stack th.num").length, bad});
+})()"""
+
+
+@needs_chromium
+def test_an_experiment_page_follows_its_jobs_then_shows_the_leaderboard(
+    live: LiveService, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    resp = httpx.post(f"{live.url}/experiments", json={
+        "dataset_id": finished["job"]["dataset_id"], "name": "dashboard experiment",
+        "base_models": [str(live.tiny_encoder_dir)],
+        "hyperparameters": {"epochs": 2, "batch_size": 16, "max_seq_length": 32, "warmup_ratio": 0}})
+    assert resp.status_code == 201, resp.text
+    experiment_id = resp.json()["id"]
+    browser = Browser(tmp_path / "cdp-experiment")
+    try:
+        browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=1400, deviceScaleFactor=1,
+                     mobile=False)
+        browser.call("Page.navigate", url=f"{live.url}/#/experiments/{experiment_id}")
+        browser.wait_for("document.querySelector('h1 .badge') !== null")
+        # Live while its job runs: the page reads the experiment again until it has ended.
+        browser.wait_for("document.querySelector('h1 .badge').textContent === 'succeeded'", timeout_s=240)
+        assert int(browser.evaluate("document.querySelector('[data-refreshes]').dataset.refreshes")) >= 1
+        body = httpx.get(f"{live.url}/experiments/{experiment_id}").json()
+        browser.wait_for("document.querySelectorAll('#board-h + div table tbody tr').length >= 3")
+        text = browser.evaluate("document.getElementById('main').innerText")
+        for heading in ("Recommendation", "Leaderboard", "Jobs (1)"):
+            assert heading in text, heading
+        assert body["recommendation"]["message"] in text
+        names = browser.evaluate("[...document.querySelectorAll('#board-h + div tbody tr td:nth-child(2)')]"
+                                 ".map((td) => td.innerText.trim())")
+        assert names == [row["name"] for row in body["leaderboard"]]
+        job_id = body["jobs"][0]["job_id"]
+        assert browser.evaluate(f"!!document.querySelector('a[href=\"#/jobs/{job_id}\"]')")
+        alignment = json.loads(browser.evaluate(NUMERIC_ALIGNMENT))
+        # rank, the metric, test, time, samples/s, parameters; each job's step and ETA
+        assert alignment["heads"] == 8 and alignment["bad"] == [], alignment
+        _save_screenshot(browser, "dashboard-experiment.png")
+    finally:
+        browser.close()
+
+
+@needs_chromium
+def test_at_phone_width_no_page_scrolls_sideways(live: LiveService, finished: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    job = finished["job"]
+    experiments = httpx.get(f"{live.url}/experiments").json()["data"]
+    # Each page by its fragment and the start of its title (a hash change keeps the document:
+    # the test waits for the new page's own heading, not the one before it).
+    pages = {"overview": ("#/", "Overview"), "job": (f"#/jobs/{job['id']}", "Job "),
+             "dataset": (f"#/datasets/{job['dataset_id']}", "Dataset ")}
+    if experiments:
+        pages["experiment"] = (f"#/experiments/{experiments[0]['id']}", "Experiment ")
+    browser = Browser(tmp_path / "cdp-narrow")
+    try:
+        browser.call("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2,
+                     mobile=True)
+        for name, (fragment, title) in pages.items():
+            browser.call("Page.navigate", url=f"{live.url}/{fragment}")
+            browser.wait_for(f"(document.querySelector('#main h1')?.textContent || '').startsWith({title!r})")
+            browser.wait_for("document.querySelectorAll('#main table').length > 0")
+            width = browser.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (name, width)
+            # Nothing drawn past the right edge (a card table's header row is there for screen
+            # readers only, clipped to one pixel).
+            wide = browser.evaluate("[...document.querySelectorAll('#main *')].filter((e) => "
+                                    "!e.closest('table.stack thead') && "
+                                    "e.getBoundingClientRect().right > 391)"
+                                    ".map((e) => e.tagName + '.' + e.className).slice(0, 5)")
+            assert wide == [], (name, wide)
+            # The text and every table: Hangul has a font to be drawn in (fonts-noto-cjk in the image).
+            family = browser.evaluate("getComputedStyle(document.body).fontFamily")
+            assert "Noto Sans KR" in family and "Malgun Gothic" in family and "Apple SD Gothic Neo" in family
+            _save_screenshot(browser, f"dashboard-{name}-390.png")
+    finally:
+        browser.close()
+
+
+@needs_chromium
+def test_a_chat_jobs_page_has_no_confusion_matrix_section(live: LiveService, tmp_path: Path) -> None:
+    from tests.conftest import FIXTURES
+
+    with (FIXTURES / "korean_chatbot_qa_slice.csv").open("rb") as fh:
+        dataset = httpx.post(f"{live.url}/datasets", files={"file": ("chat.csv", fh)}, data={"task": "chat"},
+                             timeout=60)
+    assert dataset.status_code == 201, dataset.text
+    created = httpx.post(f"{live.url}/jobs", json={"dataset_id": dataset.json()["id"],
+                                                   "base_model": str(live.tiny_encoder_dir)}, timeout=60)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    httpx.post(f"{live.url}/jobs/{job_id}/cancel")  # the page is what is tested, not the training
+    browser = Browser(tmp_path / "cdp-chat")
+    try:
+        browser.call("Page.navigate", url=f"{live.url}/#/jobs/{job_id}")
+        browser.wait_for("document.getElementById('events-h') !== null")
+        text = browser.evaluate("document.getElementById('main').innerText")
+        assert "Curves" in text and "Events" in text
+        assert "Confusion matrix" not in text and "Per-class" not in text
+        assert "null" not in text.split() and "undefined" not in text  # a left-out section leaves no trace
+        assert browser.evaluate("document.getElementById('cm-h') === null")
+        chat_dataset = httpx.get(f"{live.url}/datasets/{dataset.json()['id']}").json()
+        browser.call("Page.navigate", url=f"{live.url}/#/datasets/{chat_dataset['id']}")
+        browser.wait_for("document.getElementById('report-h') !== null")
+        text = browser.evaluate("document.getElementById('main').innerText")
+        assert "Label distribution" not in text and "null" not in text.split()
+        assert any("\uac00" <= ch <= "\ud7a3" for ch in text)  # the Korean preview, in Hangul
+        _save_screenshot(browser, "dashboard-chat-dataset.png")
+    finally:
+        browser.close()
 
 
 class Browser:

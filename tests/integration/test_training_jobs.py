@@ -60,9 +60,15 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
     assert {"majority", "tfidf"} <= set(validation) and "base" not in validation
     assert validation["tuned"]["f1_macro"] == pytest.approx(metrics["summary"]["best"]["f1_macro"], abs=1e-6)
 
+    # A checkpoint at each epoch's evaluation (the 600 s timed one never comes in a run this
+    # short); succeeded, the job keeps the newest on disk (keep_checkpoints_after_success=1) and
+    # the rows of the others. The best is the first evaluation with the highest f1_macro.
     checkpoints = client.get(f"/jobs/{job_id}/checkpoints").json()
-    assert {c["step"] for c in checkpoints} >= {5, 10}
-    assert sum(c["is_best"] for c in checkpoints) == 1
+    assert [(c["step"], c["available"]) for c in checkpoints] == [(5, False), (10, True)]
+    best_step = max(metrics["eval"], key=lambda p: p["f1_macro"])["step"]
+    assert [c["step"] for c in checkpoints if c["is_best"]] == [best_step]
+    assert all(c["metrics"]["f1_macro"] == p["f1_macro"]
+               for c, p in zip(checkpoints, metrics["eval"], strict=True))
 
     kinds = _event_kinds(client, job_id)
     assert kinds[:5] == ["queued", "claimed", "memory_plan", "batch_probe", "started"]
@@ -145,10 +151,13 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint_in_a_new_worker(
                            default=0) > saved, what="a step past it")
     first.kill()
     trained = [p["step"] for p in client.get(f"/jobs/{job_id}/metrics").json()["train"]]
-    latest = max(checkpoint_steps())
+    before_kill = checkpoint_steps()
+    latest = max(before_kill)
     assert client.get(f"/jobs/{job_id}").json()["state"] == "running"
 
-    second = start_worker()
+    # The second worker writes no timed checkpoints, so the steps it saves are known in advance:
+    # one at each epoch's evaluation after the step it resumed from.
+    second = start_worker(checkpoint_interval_s=3600)
     job = wait_for_job(client, job_id, {"succeeded", "failed"}, worker=second)
     assert job["state"] == "succeeded", job["error"]
     assert job["attempts"] == 2 and job["step"] == job["total_steps"] == 15
@@ -164,8 +173,14 @@ def test_sigkilled_worker_job_resumes_from_its_checkpoint_in_a_new_worker(
     metrics = client.get(f"/jobs/{job_id}/metrics").json()
     assert [p["step"] for p in metrics["train"]] == list(range(1, 16))
     assert [p["step"] for p in metrics["eval"]] == [5, 10, 15]
-    assert [c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()] == sorted(
-        set(checkpoint_steps()))
+    # The checkpoint rows: the killed attempt's (none was past the step it resumed from), then
+    # the evaluations' of the second. Succeeded, only the newest stays on disk, and the best
+    # is the first evaluation with the highest f1_macro.
+    checkpoints = client.get(f"/jobs/{job_id}/checkpoints").json()
+    assert [c["step"] for c in checkpoints] == before_kill + [s for s in (5, 10, 15) if s > resumed_step]
+    assert [c["step"] for c in checkpoints if c["available"]] == [15]
+    best_step = max(metrics["eval"], key=lambda p: p["f1_macro"])["step"]
+    assert [c["step"] for c in checkpoints if c["is_best"]] == [best_step]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -197,6 +212,7 @@ def test_cancel_stops_at_the_next_step_and_resume_continues_it(stack: Any, tmp_p
     # Resumed on request: it continues from that checkpoint to the end, every step once.
     resp = client.post(f"/jobs/{job_id}/resume")
     assert resp.status_code == 202 and resp.json()["state"] == "queued"
+    assert resp.json()["resume_from_step"] == stopped  # what the CLI says it resumes from
     job = wait_for_job(client, job_id, {"cancelled", "succeeded", "failed"}, worker=worker)
     assert job["state"] == "succeeded", job["error"]
     events = client.get(f"/jobs/{job_id}/events").json()

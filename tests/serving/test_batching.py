@@ -89,9 +89,10 @@ async def test_token_budget_bounds_padded_batch() -> None:
 
 
 async def test_close_refuses_new_texts_and_aclose_fails_the_rest() -> None:
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     with ThreadPoolExecutor(1) as executor:
         def slow(items: list[int]) -> list[int]:
+            entered.set()
             release.wait(5)
             return items
 
@@ -99,7 +100,9 @@ async def test_close_refuses_new_texts_and_aclose_fails_the_rest() -> None:
             slow, executor=executor, max_batch_size=2, max_wait_ms=0, max_batch_tokens=100
         )
         futures = batcher.submit([1, 2, 3, 4], [1] * 4)
-        await asyncio.sleep(0.01)  # the first batch is in the forward
+        # The first batch is in the forward (waited for, in a thread: the loop must keep running).
+        assert await asyncio.to_thread(entered.wait, 5)
+        assert len(batcher) == 2  # the second batch still waits in the queue
         batcher.close()
         with pytest.raises(BatcherClosed):
             batcher.submit([5], [1])

@@ -44,6 +44,12 @@ def claim_job(job_id: str, token: str) -> str | None:
         return None
 
 
+def attempt_number(job_id: str) -> int:
+    """Which attempt at the job this is (1 for the first claim)."""
+    with session_scope() as session:
+        return int(session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0)
+
+
 def heartbeat(job_id: str, token: str) -> tuple[bool, bool]:
     """Renew the lease. Returns (still_owner, cancel_requested)."""
     with session_scope() as session:

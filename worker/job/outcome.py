@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 
 from core import jobstate, store
 from core.db import session_scope, write_with_retry
+from core.events import event_row, json_safe
 from core.jobspec import Hyperparameters
 from core.jobstate import JobState
 from core.settings import get_settings
 from core.tables import Checkpoint, Job, TunedModel, new_id
 from worker.families import family_for
 from worker.job.export import export_tuned_model
-from worker.job.sink import SqlSink, event_row, json_safe
+from worker.job.sink import SqlSink
 from worker.training.protocols import TrainResult
 
 log = logging.getLogger("tuneserve.worker.job.outcome")
@@ -104,7 +105,8 @@ def final_message(state: JobState, fields: dict[str, Any]) -> tuple[str, dict[st
     if state == JobState.SUCCEEDED:
         return "The job succeeded.", {"step": step}
     if state == JobState.CANCELLED:
-        return f"The job was cancelled at step {step}.", {"step": step}
+        when = f"at step {step}" if step else "before its first optimizer step"
+        return f"The job was cancelled {when}.", {"step": step}
     return f"The job failed: {fields.get('error')}", {"step": step, "error_kind": fields.get("error_kind")}
 
 

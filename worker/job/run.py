@@ -73,6 +73,8 @@ def run_job(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
     config = TrainConfig.from_hyperparameters(hp, settings)
     config = memory_plan(job_id, sink, shown_name, base_model_path, task, hp, config, earlier_plan)
     training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
+    if sink.should_stop():  # cancelled (or stopped) while the model loaded: before the probe's work
+        return JobState.CANCELLED, {}
     for kind, message, data in family.setup_events(training_task, config):
         sink.event(kind, message, data)
     result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)

@@ -13,9 +13,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.db import session_scope, write_with_retry
+from core.events import add_event, json_safe
 from core.jobstate import JobState
-from core.tables import Checkpoint, Job, JobEvent, MetricPoint
+from core.tables import Checkpoint, Job, MetricPoint
 from worker.job.claim import LeaseKeeper
+from worker.job.stop import stop_requested
 from worker.job.tensorboard import TensorBoardLog
 
 log = logging.getLogger("tuneserve.worker.job.sink")
@@ -27,37 +29,22 @@ _PROGRESS_FIELDS = {
 }
 
 
-def json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON; PostgreSQL's JSON type refuses them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return json_safe(value.item())
-    return value
-
-
-def event_row(job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> JobEvent:
-    return JobEvent(job_id=job_id, kind=kind, message=message, data=json_safe(data))
-
-
-def add_event(job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-    write_with_retry(lambda session: session.add(event_row(job_id, kind, message, data)),
-                     what=f"job {job_id}: event {kind}")
-
-
 class SqlSink:
     def __init__(self, job_id: str, lease: LeaseKeeper, min_progress_interval_s: float = 1.0,
-                 tensorboard_dir: Path | None = None, cancel_check_interval_s: float = 0.0) -> None:
+                 tensorboard_dir: Path | None = None, cancel_check_interval_s: float = 0.0,
+                 earlier_attempts: bool = False) -> None:
         self.job_id = job_id
+        # An earlier attempt may have written points: this one replaces them from wherever it
+        # starts, a checkpoint's step ("resumed") or the very start (no checkpoint yet).
+        self.earlier_attempts = earlier_attempts
+        self._resumed = False
         self.lease = lease
         self.min_progress_interval_s = min_progress_interval_s
         self.cancel_check_interval_s = cancel_check_interval_s
         self._last_cancel_check = -math.inf
-        self._last_progress_write = 0.0
+        # -inf, not 0: time.monotonic() counts from boot, so 0 would hold back the first write
+        # on a machine up for less than min_progress_interval_s.
+        self._last_progress_write = -math.inf
         # Metric points are also written as TensorBoard scalars when a directory is given.
         self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir is not None else None
         self._last_values: dict[str, Any] = {}
@@ -66,7 +53,13 @@ class SqlSink:
         log.info("job %s: %s: %s", self.job_id, kind, message)
         add_event(self.job_id, kind, message, data)
         if kind == "resumed" and data and "step" in data:
+            self._resumed = True
             self._rewind_to(int(data["step"]))
+        elif kind == "started" and self.earlier_attempts and not self._resumed:
+            self._resumed = True
+            self._rewind_to(0)
+            add_event(self.job_id, "restarted", "Training starts from the start: no checkpoint was written "
+                      "yet. What an earlier attempt recorded is replaced step by step.", {"step": 0})
 
     def _rewind_to(self, step: int) -> None:
         """A resumed attempt redoes the steps after its checkpoint: the points (and checkpoint
@@ -142,7 +135,7 @@ class SqlSink:
         """Asked by the loop after every optimizer step. A cancel is read from the job row here
         (one primary-key read, well under a millisecond next to a step's tens of milliseconds
         at least), so it is seen at the next step, not at the next heartbeat."""
-        if self.lease.cancel_requested.is_set() or self.lease.lease_lost.is_set():
+        if self.lease.cancel_requested.is_set() or self.lease.lease_lost.is_set() or stop_requested():
             return True
         now = time.monotonic()
         if now - self._last_cancel_check < self.cancel_check_interval_s:

@@ -23,6 +23,7 @@ from core.store import (
     atomic_dir,
     checkpoint_step,
     list_checkpoints,
+    prune_checkpoints,
 )
 from worker.training import faults
 from worker.training.config import LoopState
@@ -83,12 +84,14 @@ def _write_checkpoint(trainer: Trainer, path: Path) -> None:
 
 
 def rotate_checkpoints(root: Path, keep_last: int, best_step: int | None, sink: TrainingSink) -> None:
-    checkpoints = list_checkpoints(root)
-    keep = set(checkpoints[-max(1, keep_last):])  # the latest is what a resume needs
-    for path in checkpoints:
-        if path not in keep and checkpoint_step(path) != best_step:
-            shutil.rmtree(path, ignore_errors=True)
-            sink.checkpoint_removed(path)
+    """Keep the last `keep_last` checkpoints and the best one; only the newest keeps its training
+    state (the optimizer's moments are twice the weights): it is the one a resume reads. The
+    others keep their weights (the best one is what the job exports)."""
+    steps = [checkpoint_step(p) for p in list_checkpoints(root, resumable_only=False)]
+    kept = set(steps[-max(1, keep_last):]) | ({best_step} if best_step is not None else set())
+    newest = set(steps[-1:])
+    for path in prune_checkpoints(root, keep_state=newest, keep_weights=kept - newest):
+        sink.checkpoint_removed(path)
 
 
 def load_training_state(path: Path) -> dict[str, Any] | None:

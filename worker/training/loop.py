@@ -69,13 +69,10 @@ def run_training(task: TrainingTask, config: TrainConfig, run_dir: Path, sink: T
         state.global_step = step
         run.record_step(step, loss, lr, grad_norm, len(window), time.perf_counter() - started)
 
-        if sink.should_stop():
-            stopped = True
-            # A cancel ends with a checkpoint where it stopped, so a resume continues from there;
-            # a worker whose job was taken over writes nothing more (it is no longer its job).
-            if not sink.lost_ownership():
-                run.checkpoint(step, {})
+        if sink.lost_ownership():
+            stopped = True  # the job was taken over: this attempt writes nothing more
             break
+        saved = True
         if run.eval_due(step):
             # ---- evaluate, checkpoint, early stopping -------------------------------------
             metrics = evaluate_step(trainer, run.since_eval.mean_loss, step, run.epoch(step),
@@ -90,6 +87,14 @@ def run_training(task: TrainingTask, config: TrainConfig, run_dir: Path, sink: T
             run.report_progress()
         elif run.checkpoint_due(step):
             run.checkpoint(step, {})
+        else:
+            saved = False
+        if step < run.total_steps and sink.should_stop():
+            # A cancel or a worker's stop ends with a checkpoint where it stopped (after this
+            # step's evaluation, if one was due), so a resume continues from exactly there.
+            stopped = True
+            if not saved:
+                run.checkpoint(step, {})
     return finish(trainer, run, stopped)
 
 

@@ -1,5 +1,7 @@
 // tuneserve dashboard: a client of the JSON API, like the CLI. No framework, no CDN.
-// Pages (the URL hash): #/ overview, #/jobs/<id> a job with live curves, #/datasets/<id>.
+// Pages (the URL hash): #/ overview, #/jobs/<id> a job with live curves, #/datasets/<id> a
+// dataset with its validation report, #/experiments/<id> an experiment's jobs and leaderboard,
+// #/models/<id> a chat model's playground (chat.js, which also draws a chat job's report).
 // Every value from the server goes into the page as text (textContent), never as HTML.
 "use strict";
 
@@ -11,6 +13,7 @@ const EVAL_METRICS = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", 
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 const OVERVIEW_REFRESH_MS = 5000;
+const EXPERIMENT_REFRESH_MS = 3000;
 const RECONNECT_MS = 2000;
 
 // ---- small helpers -------------------------------------------------------------------------
@@ -58,15 +61,38 @@ const duration = (seconds) => {
 const badge = (state) => h("span", { class: `badge state-${state}` }, state);
 const link = (href, text) => h("a", { href }, text);
 
+const isBlank = (cell) => cell === null || cell === undefined || cell === "–";
+
+// A column is numeric when every cell that has a value is a number: its header and all its
+// cells (the "–" of a missing value too) are right-aligned, so the digits line up under it.
+// Each cell carries its column's name in data-label: at phone width a row becomes a card of
+// "label: value" lines (style.css), so no table scrolls sideways.
 function table(caption, columns, rows, opts = {}) {
-  const head = h("tr", {}, columns.map((c) => h("th", { scope: "col", class: opts.numeric?.includes(c) ? "num" : null }, c)));
+  const numeric = columns.map((c, i) => opts.numeric?.includes(c) || (rows.some((r) => typeof r[i] === "number")
+    && rows.every((r) => typeof r[i] === "number" || isBlank(r[i]))));
+  const head = h("tr", {}, columns.map((c, i) => h("th", { scope: "col", class: numeric[i] ? "num" : null }, c)));
   const body = rows.map((cells) => h("tr", {}, cells.map((cell, i) => {
-    if (cell instanceof Node) return h("td", { class: i === 0 ? "id" : null }, cell);
-    const numeric = typeof cell === "number";
-    return h("td", { class: numeric ? "num" : (opts.text?.includes(columns[i]) ? "text" : null) }, fmt(cell));
+    const label = columns[i];
+    if (cell instanceof Node) return h("td", { class: numeric[i] ? "num" : (i === 0 ? "id" : null), "data-label": label }, cell);
+    const kind = numeric[i] ? "num" : (opts.text?.includes(label) ? "text" : null);
+    return h("td", { class: kind, "data-label": label }, fmt(cell));
   })));
-  return h("div", { class: "scroll" }, h("table", {}, caption ? h("caption", {}, caption) : null,
+  return h("div", { class: "scroll" }, h("table", { class: "stack" }, caption ? h("caption", {}, caption) : null,
     h("thead", {}, head), h("tbody", {}, body)));
+}
+
+// Counts as small horizontal bars (a label distribution): the bar's width is the share of the
+// largest count, the number is written beside it, and the list reads as text without styles.
+function bars(caption, counts) {
+  const max = Math.max(1, ...Object.values(counts));
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  return h("figure", { class: "bars" }, h("figcaption", {}, caption),
+    h("ul", {}, Object.entries(counts).map(([name, n]) => h("li", { "data-label": name, "data-count": n },
+      h("span", { class: "bar-name" }, name),
+      h("span", { class: "bar-track", "aria-hidden": "true" },
+        h("span", { class: "bar", style: `width:${((n / max) * 100).toFixed(1)}%` })),
+      h("span", { class: "bar-value num" }, `${n}`, h("span", { class: "muted" },
+        total ? ` (${Math.round((n / total) * 100)}%)` : ""))))));
 }
 
 function facts(pairs) {
@@ -210,7 +236,7 @@ const main = () => document.getElementById("main");
 
 function show(title, ...content) {
   const heading = h("h1", { tabindex: "-1" }, title);
-  main().replaceChildren(heading, ...content);
+  main().replaceChildren(heading, ...content.filter(Boolean));  // a section left out is null
   return heading;
 }
 
@@ -225,8 +251,15 @@ function showError(err) {
 }
 
 async function overviewPage() {
-  const [datasets, jobs, models] = await Promise.all([api("/datasets"), api("/jobs?limit=50"), api("/models")]);
+  const [datasets, jobs, models, experiments] = await Promise.all([api("/datasets"), api("/jobs?limit=50"),
+    api("/models"), api("/experiments?limit=50")]);
   show("Overview",
+    h("section", { "aria-labelledby": "exp-h" }, h("h2", { id: "exp-h" }, `Experiments (${experiments.count})`),
+      experiments.data.length ? table(null, ["experiment", "state", "progress", "models", "metric", "created"],
+        experiments.data.map((e) => [link(`#/experiments/${e.id}`, e.name || e.id), badge(e.state),
+          h("progress", { max: 1, value: e.progress, "aria-label": `${Math.round(e.progress * 100)}%` }),
+          e.base_models.length, e.primary_metric, when(e.created_at)]))
+        : h("p", { class: "muted" }, "No experiments yet: compare base models with `tuneserve experiments create`.")),
     h("section", { "aria-labelledby": "jobs-h" }, h("h2", { id: "jobs-h" }, `Jobs (${jobs.count})`),
       jobs.data.length ? table(null, ["job", "state", "progress", "base model", "best", "model", "created"],
         jobs.data.map((j) => [link(`#/jobs/${j.id}`, j.id), badge(j.state),
@@ -241,11 +274,11 @@ async function overviewPage() {
         : h("p", { class: "muted" }, "No datasets yet: upload one with `tuneserve datasets upload`.")),
     h("section", { "aria-labelledby": "models-h" }, h("h2", { id: "models-h" }, `Models (${models.count})`),
       models.data.length ? table(null, ["model", "task", "base model", "labels", "job", "created"],
-        models.data.map((m) => [h("span", { class: "mono" }, m.id), m.task, m.base_model, fmt(m.labels),
+        models.data.map((m) => [m.task === "chat" ? link(`#/models/${m.id}`, m.id) : h("span", { class: "mono" }, m.id), m.task, m.base_model, fmt(m.labels),
           m.job_id ? link(`#/jobs/${m.job_id}`, m.job_id) : "–", when(m.created_at)]), { text: ["base model"] })
         : h("p", { class: "muted" }, "No tuned models yet.")));
   // Keep the list current while something is queued or running.
-  const active = jobs.data.some((j) => !TERMINAL.has(j.state));
+  const active = jobs.data.some((j) => !TERMINAL.has(j.state)) || experiments.data.some((e) => !TERMINAL.has(e.state));
   if (!active) return null;
   const timer = setTimeout(() => {
     if (location.hash === "" || location.hash === "#/") route({ refresh: true });
@@ -274,6 +307,7 @@ function jobSections(state) {
       ["best " + (job.best_metric_name || "metric"), job.best_metric],
       ["base model", job.base_model],
       ["dataset", link(`#/datasets/${job.dataset_id}`, job.dataset_id)],
+      job.experiment_id ? ["experiment", link(`#/experiments/${job.experiment_id}`, job.experiment_id)] : null,
       ["hyperparameters", ["epochs", "batch_size", "learning_rate", "max_seq_length"]
         .filter((k) => k in hp).map((k) => `${k} ${fmt(hp[k])}`).join(", ")],
       job.device ? ["device", job.device] : null,
@@ -309,10 +343,15 @@ function jobSections(state) {
 
   const reference = (metrics.summary && metrics.summary.best) || evals[evals.length - 1];
   const cm = reference && reference.confusion_matrix;
-  const confusion = h("section", { "aria-labelledby": "cm-h" }, h("h2", { id: "cm-h" }, "Confusion matrix"),
-    cm ? confusionTable(cm, reference.step) : h("p", { class: "muted" }, "No evaluation with a confusion matrix yet."),
-    reference && reference.per_class ? table("Per class", ["label", "precision", "recall", "f1", "support"],
-      Object.entries(reference.per_class).map(([label, v]) => [label, v.precision, v.recall, v.f1, v.support])) : null);
+  const perClass = reference && (reference.per_class || reference.per_label);
+  // A chat model has no classes: its page has no confusion-matrix section at all. A single-label
+  // job shows the matrix (a heat map); a multi-label one its per-label figures.
+  const confusion = job.task === "chat" ? null : h("section", { "aria-labelledby": "cm-h" },
+    h("h2", { id: "cm-h" }, cm ? "Confusion matrix" : "Per-class figures"),
+    cm ? confusionTable(cm, reference.step)
+      : (perClass ? null : h("p", { class: "muted" }, "No evaluation yet: the figures appear after the first one.")),
+    perClass ? table(reference.per_class ? "Per class" : "Per label", ["label", "precision", "recall", "f1", "support"],
+      Object.entries(perClass).map(([label, v]) => [label, v.precision, v.recall, v.f1, v.support])) : null);
 
   // The tuned model beside whatever the comparison scored on the same rows (the baselines).
   const splits = (metrics.comparison && metrics.comparison.splits) || {};
@@ -341,20 +380,32 @@ function jobSections(state) {
     h("ol", { class: "events", tabindex: "0", "aria-label": "job events, oldest first" }, events.map((e) =>
       h("li", {}, h("span", { class: "muted mono" }, when(e.time).slice(11)), h("span", { class: "kind" }, e.kind),
         h("span", { class: "msg" }, e.message)))));
+  if (job.task === "chat") return [status, charts, batch, chatReportSection(job, metrics.comparison), log];
   return [status, charts, batch, confusion, comparison, log];
 }
 
+// The confusion matrix as a heat map: each cell shaded by its share of its true label's row
+// (the recall of that row, on the diagonal), so a rare class's mistakes show as clearly as a
+// common one's; the count is written in the cell and the share in its title.
 function confusionTable(cm, step) {
-  const max = Math.max(1, ...cm.matrix.flat());
-  const head = h("tr", {}, h("th", { scope: "col" }, "true \\ predicted"), cm.labels.map((l) => h("th", { scope: "col" }, l)));
-  const body = cm.matrix.map((row, i) => h("tr", {}, h("th", { scope: "row" }, cm.labels[i]), row.map((n) => {
-    const share = n / max;
-    return h("td", { class: "cm num", style: `background: rgba(31, 95, 191, ${(share * 0.85).toFixed(3)});` +
-      (share > 0.5 ? "color:#fff;" : "") }, String(n));
-  })));
-  return h("div", { class: "scroll" }, h("table", { class: "confusion" },
+  const head = h("tr", {}, h("th", { scope: "col" }, "true \\ predicted"),
+    cm.labels.map((l) => h("th", { scope: "col", class: "num" }, l)));
+  const body = cm.matrix.map((row, i) => {
+    const total = row.reduce((a, b) => a + b, 0);
+    return h("tr", {}, h("th", { scope: "row" }, cm.labels[i]), row.map((n, j) => {
+      const share = total ? n / total : 0;
+      const tone = i === j ? "cm-hit" : "cm-miss";
+      return h("td", { class: `cm num ${tone}`, style: `--share:${share.toFixed(3)}`, "data-share": share.toFixed(3),
+        title: `true ${cm.labels[i]}, predicted ${cm.labels[j]}: ${n} of ${total} (${Math.round(share * 100)}%)`,
+        "data-label": cm.labels[j] }, String(n));
+    }));
+  });
+  const legend = h("p", { class: "cm-legend muted" }, h("span", { class: "swatch-cell cm-hit", style: "--share:0.8" }),
+    " correct ", h("span", { class: "swatch-cell cm-miss", style: "--share:0.8" }),
+    " confused; the darker, the larger the share of the row (its true label).");
+  return h("div", {}, h("div", { class: "heatmap-wrap" }, h("table", { class: "confusion heatmap" },
     h("caption", {}, `Validation at step ${step} (the best evaluation): rows are true labels, columns predicted.`),
-    h("thead", {}, head), h("tbody", {}, body)));
+    h("thead", {}, head), h("tbody", {}, body))), legend);
 }
 
 async function jobPage(id) {
@@ -368,7 +419,7 @@ async function jobPage(id) {
   let pending = false;
   const render = () => {
     pending = false;
-    body.replaceChildren(...jobSections(state));
+    body.replaceChildren(...jobSections(state).filter(Boolean));
     heading.lastChild.replaceWith(badge(state.job.state));
   };
   render();
@@ -395,30 +446,77 @@ async function jobPage(id) {
   return { stop: () => controller.abort() };
 }
 
+const REPORT_NAMES = {
+  accepted_rows: "Accepted rows", rejected_total: "Rejected rows", imbalance_ratio: "Imbalance (largest / smallest class)",
+  label_shape: "Label shape", answer_column: "Answer column",
+};
+
+function reportSections(report) {
+  const parts = [];
+  const plain = Object.entries(REPORT_NAMES).filter(([k]) => report[k] !== undefined && report[k] !== null)
+    .map(([k, name]) => [name, report[k]]);
+  if (plain.length) parts.push(facts(plain));
+  if (report.inference && Object.keys(report.inference).length) {
+    parts.push(h("h3", {}, "How the columns were chosen"),
+      h("ul", { class: "reasons" }, Object.entries(report.inference).map(([what, why]) =>
+        h("li", {}, h("strong", {}, what.replace(/_/g, " ")), ": ", why))));
+  }
+  if (report.split) {
+    const sp = report.split;
+    parts.push(h("h3", {}, "Validation split"), h("p", {}, sp.method === "validation_file"
+      ? "From the validation file that was uploaded."
+      : `${sp.method} split: ${Math.round((sp.validation_split || 0) * 100)}% of the training file held out (seed ${sp.seed}).`));
+  }
+  if (report.text_length_chars) {
+    const t = report.text_length_chars;
+    parts.push(h("h3", {}, "Text length (characters)"), table(null, Object.keys(t), [Object.values(t)]));
+  }
+  const dup = report.duplicates;
+  if (dup) {
+    parts.push(h("h3", {}, "Duplicates"), h("p", {}, dup.count
+      ? `${dup.count} rows repeat a text (${dup.distinct_texts_repeated} distinct texts); ${dup.conflicting_labels} with conflicting labels.`
+      : "No text appears twice."));
+  }
+  if (report.overlap_with_train && Object.keys(report.overlap_with_train).length) {
+    parts.push(h("h3", {}, "Overlap with the training split"), table(null, ["split", "texts also in train"],
+      Object.entries(report.overlap_with_train).map(([split, n]) => [split, n])));
+  }
+  if (report.rejected_by_reason && Object.keys(report.rejected_by_reason).length) {
+    parts.push(h("h3", {}, "Rejections by reason"), table(null, ["reason", "rows"],
+      Object.entries(report.rejected_by_reason).map(([why, n]) => [why, n]), { text: ["reason"] }));
+  }
+  if (report.files) {
+    parts.push(h("h3", {}, "Files read"), table(null, ["split", "field", "name", "format", "encoding", "rows read"],
+      Object.entries(report.files).map(([split, f]) => [split, f.field, f.name, f.format, f.encoding, f.rows_read]),
+      { text: ["name"] }));
+  }
+  return parts;
+}
+
 async function datasetPage(id) {
   const [ds, jobs] = await Promise.all([api(`/datasets/${encodeURIComponent(id)}`),
                                         api(`/jobs?dataset_id=${encodeURIComponent(id)}`)]);
   const distribution = ds.label_distribution || {};
-  const labels = [...new Set(Object.values(distribution).flatMap((split) => Object.keys(split)))].sort();
   const report = ds.report || {};
+  const rejected = ds.rejected_rows || [];
   show(`Dataset ${ds.name}`,
     facts([["id", ds.id], ["task", ds.task], ["format", `${ds.format} (${ds.encoding})`],
       ["text column", ds.text_column], ["label columns", ds.label_columns], ["labels", ds.labels],
-      ["rows", ds.num_rows], ["rejected rows", (ds.rejected_rows || []).length], ["created", when(ds.created_at)]]),
+      ["rows", ds.num_rows], ["rejected rows", rejected.length], ["created", when(ds.created_at)]]),
     h("section", { "aria-labelledby": "warn-h" }, h("h2", { id: "warn-h" }, `Warnings (${(ds.warnings || []).length})`),
-      (ds.warnings || []).length ? h("ul", {}, ds.warnings.map((w) => h("li", {}, w)))
+      (ds.warnings || []).length ? h("ul", { class: "warnings" }, ds.warnings.map((w) => h("li", {}, w)))
         : h("p", { class: "muted" }, "None.")),
-    h("section", { "aria-labelledby": "dist-h" }, h("h2", { id: "dist-h" }, "Label distribution"),
-      table(null, ["split", ...labels], Object.entries(distribution).map(([split, counts]) =>
-        [split, ...labels.map((l) => counts[l] ?? 0)]))),
+    ds.task === "chat" ? null : h("section", { "aria-labelledby": "dist-h" }, h("h2", { id: "dist-h" }, "Label distribution"),
+      Object.keys(distribution).length ? h("div", { class: "bar-groups" },
+        Object.entries(distribution).map(([split, counts]) => bars(split, counts)))
+        : h("p", { class: "muted" }, "No labels.")),
     h("section", { "aria-labelledby": "rej-h" }, h("h2", { id: "rej-h" }, "Rejected rows"),
-      (ds.rejected_rows || []).length ? table(ds.rejected_rows.length > 50 ? "The first 50" : null, ["row", "reason"],
-        ds.rejected_rows.slice(0, 50).map((r) => [r.row, r.reason]), { text: ["reason"] })
+      rejected.length ? table(rejected.length > 50 ? `The first 50 of ${rejected.length}` : null,
+        ["file", "row", "reason"], rejected.slice(0, 50).map((r) => [r.field || "file", r.row, r.reason]),
+        { text: ["reason"] })
         : h("p", { class: "muted" }, "None: every row was kept.")),
-    h("section", { "aria-labelledby": "report-h" }, h("h2", { id: "report-h" }, "Validation report"),
-      Object.keys(report).length ? facts(Object.entries(report).map(([k, v]) =>
-        [k, v !== null && typeof v === "object" ? h("pre", {}, JSON.stringify(v, null, 2)) : v]))
-        : h("p", { class: "muted" }, "No further findings.")),
+    h("section", { "aria-labelledby": "report-h", class: "report" }, h("h2", { id: "report-h" }, "Validation report"),
+      Object.keys(report).length ? reportSections(report) : h("p", { class: "muted" }, "No further findings.")),
     h("section", { "aria-labelledby": "preview-h" }, h("h2", { id: "preview-h" }, "Preview"),
       (ds.preview || []).length ? table(null, Object.keys(ds.preview[0]), ds.preview.map((row) => Object.values(row)),
         { text: Object.keys(ds.preview[0]) }) : h("p", { class: "muted" }, "No rows to show.")),
@@ -430,6 +528,76 @@ async function datasetPage(id) {
   return null;
 }
 
+function experimentSections(exp) {
+  const metric = exp.primary_metric;
+  const rec = exp.recommendation;
+  const status = h("section", { "aria-live": "polite", "aria-labelledby": "exp-status-h" },
+    h("h2", { id: "exp-status-h", class: "visually-hidden" }, "Status"),
+    h("progress", { max: 1, value: exp.progress, "aria-label": `progress ${Math.round(exp.progress * 100)}%` }),
+    facts([["state", badge(exp.state)], ["progress", `${Math.round(exp.progress * 100)}%`],
+      ["dataset", link(`#/datasets/${exp.dataset_id}`, exp.dataset_id)], ["task", exp.task],
+      ["primary metric", `${metric} (${exp.greater_is_better ? "higher" : "lower"} is better)`],
+      ["models", exp.base_models.length], ["created", when(exp.created_at)]]));
+  const recommendation = h("section", { "aria-labelledby": "rec-h" }, h("h2", { id: "rec-h" }, "Recommendation"),
+    rec ? h("div", { class: `recommendation ${rec.beats_tfidf === false ? "warn" : ""}`, "data-final": rec.final },
+      h("p", {}, rec.message),
+      facts([["model", rec.model_id || "–"], [`${metric} on validation`, rec.validation],
+        rec.test !== null ? [`${metric} on test`, rec.test] : null,
+        rec.tfidf_validation !== null ? ["TF-IDF baseline", rec.tfidf_validation] : null,
+        rec.margin_over_tfidf !== null ? ["margin over TF-IDF", rec.margin_over_tfidf] : null]))
+      : h("p", { class: "muted" }, TERMINAL.has(exp.state) ? "No job succeeded: nothing to recommend."
+        : "Made as soon as a job has an evaluation."));
+  const jobs = h("section", { "aria-labelledby": "exp-jobs-h" }, h("h2", { id: "exp-jobs-h" }, `Jobs (${exp.jobs.length})`),
+    table(null, ["base model", "job", "state", "progress", "step", "ETA", "model"], exp.jobs.map((j) => [
+      j.base_model, link(`#/jobs/${j.job_id}`, j.job_id), badge(j.state),
+      h("progress", { max: 1, value: j.progress, "aria-label": `${Math.round(j.progress * 100)}%` }),
+      j.total_steps ? `${j.step} / ${j.total_steps}` : j.step,
+      j.state === "running" && j.eta_s !== null ? duration(j.eta_s) : "–", j.model_id || (j.error ? j.error : "–")]),
+    { text: ["base model", "model"], numeric: ["step", "ETA"] }));
+  const rows = exp.leaderboard || [];
+  const board = h("section", { "aria-labelledby": "board-h" }, h("h2", { id: "board-h" }, "Leaderboard"),
+    rows.length ? table(`Ranked by ${metric} on validation; a tie goes to the faster, then the smaller model.`,
+      ["rank", "name", "kind", metric, `test ${metric}`, "training time", "samples/s", "parameters", "fit"],
+      rows.map((r) => [r.rank ?? "–", r.kind === "model" && r.job_id ? link(`#/jobs/${r.job_id}`, r.name) : r.name,
+        r.kind, r.validation[metric] ?? "–", (r.test || {})[metric] ?? "–",
+        r.training_time_s === null ? "–" : duration(r.training_time_s),
+        r.samples_per_second ?? "–", r.parameters ?? "–", r.fit || "–"]),
+      { text: ["name"], numeric: [metric, `test ${metric}`, "training time", "samples/s", "parameters"] })
+      : h("p", { class: "muted" }, "No job has been evaluated yet."));
+  return [status, recommendation, board, jobs];
+}
+
+async function experimentPage(id) {
+  const path = `/experiments/${encodeURIComponent(id)}`;
+  const exp = await api(path);
+  const body = h("div", { "data-refreshes": "0" });
+  const heading = show(`Experiment ${exp.name || exp.id}`, body);
+  heading.append(" ", badge(exp.state));
+  const render = (e) => {
+    body.replaceChildren(...experimentSections(e).filter(Boolean));
+    heading.lastChild.replaceWith(badge(e.state));
+  };
+  render(exp);
+  if (TERMINAL.has(exp.state)) return null;
+  // No event stream for an experiment: its jobs' states are read again every few seconds
+  // (these GETs are logged at DEBUG by the server) until every job has ended.
+  let timer = null;
+  let stopped = false;
+  const poll = async () => {
+    try {
+      const next = await api(path);
+      if (stopped) return;
+      body.dataset.refreshes = String(Number(body.dataset.refreshes) + 1);
+      render(next);
+      if (!TERMINAL.has(next.state)) timer = setTimeout(poll, EXPERIMENT_REFRESH_MS);
+    } catch (err) {
+      if (!stopped) timer = setTimeout(poll, EXPERIMENT_REFRESH_MS);
+    }
+  };
+  timer = setTimeout(poll, EXPERIMENT_REFRESH_MS);
+  return { stop: () => { stopped = true; clearTimeout(timer); } };
+}
+
 // ---- routing -------------------------------------------------------------------------------
 
 let current = null;
@@ -437,9 +605,11 @@ let current = null;
 async function route({ refresh = false } = {}) {
   if (current) current.stop();
   current = null;
-  const match = (location.hash || "#/").match(/^#\/(jobs|datasets)\/([\w.-]+)$/);
+  const match = (location.hash || "#/").match(/^#\/(jobs|datasets|experiments|models)\/([\w.-]+)(?:\?(.*))?$/);
+  const pages = { jobs: jobPage, datasets: datasetPage, experiments: experimentPage,
+                  models: (id) => chatModelPage(id, new URLSearchParams(match[3] || "")) };
   try {
-    current = match ? await (match[1] === "jobs" ? jobPage(match[2]) : datasetPage(match[2])) : await overviewPage();
+    current = match ? await pages[match[1]](match[2]) : await overviewPage();
     const heading = main().querySelector("h1");
     // Move focus to the new page's title (keyboard and screen-reader users land on it), but
     // not on the overview's timed refresh, which would pull focus away from the user.

@@ -82,6 +82,19 @@ def test_only_the_assistant_answers_are_targets(tiny_chat_lm_dir: Path) -> None:
     assert tokenizer.decode(ids[:first_target]) == prompt
 
 
+def test_an_assistant_turn_with_weight_0_is_context_not_a_target(tiny_chat_lm_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_lm_dir)
+    weighted = [dict(m) for m in CONVERSATION]
+    weighted[2]["weight"] = 0  # the first answer: rendered, but not learned
+    weighted[4]["weight"] = 1
+    [example], _, _ = tokenize_conversations(tokenizer, [weighted], [1], 256, None)
+    [plain], _, _ = tokenize_conversations(tokenizer, [CONVERSATION], [1], 256, None)
+    assert example["input_ids"] == plain["input_ids"]  # the same text reaches the model
+    answers = tokenizer.decode([t for t in example["labels"] if t != IGNORE])
+    assert answers == "위로해 드립니다.<|im_end|>\n"
+    assert example["targets"] < plain["targets"]
+
+
 def test_a_system_prompt_is_added_where_a_row_has_none(tiny_chat_lm_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_chat_lm_dir)
     plain, own = CONVERSATION[1:3], CONVERSATION

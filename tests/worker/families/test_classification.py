@@ -4,9 +4,11 @@ and the export a pipeline can serve."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,8 +60,8 @@ def test_auto_class_weights_are_inverse_frequencies() -> None:
     # scikit-learn's balanced weights n / (classes present * count); a class absent from train: 1
     assert single.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 1.0])
     every = _loss_weight([0, 0, 1, 2, 2, 2], num_labels=3, multi_label=False)
-    assert every.tolist() == pytest.approx(compute_class_weight("balanced", classes=[0, 1, 2],
-                                                                y=[0, 0, 1, 2, 2, 2]).tolist())
+    assert every.tolist() == pytest.approx(compute_class_weight("balanced", classes=np.arange(3),
+                                                                y=np.array([0, 0, 1, 2, 2, 2])).tolist())
     multi = _loss_weight([[0], [0, 1], [], [0]], num_labels=3, multi_label=True)
     assert multi.tolist() == pytest.approx([1 / 3, 3.0, 1.0])  # negatives / positives
 
@@ -100,6 +102,26 @@ def test_a_tuned_model_with_another_label_set_can_be_a_base(multi_model_dir: Pat
     assert model.config.id2label == dict(enumerate(names))
     assert model.config.problem_type == "single_label_classification"
     assert model.classifier.out_features == 5
+
+
+def test_loading_logs_one_line_naming_the_new_head_and_no_report_table(
+    tiny_encoder_dir: Path, multi_model_dir: Path, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from core.logging import quiet_libraries
+
+    quiet_libraries()  # as the worker's entry point does
+    caplog.set_level(logging.INFO)
+    load_classifier(str(tiny_encoder_dir), ["neg", "pos"], multi_label=False, seed=0)
+    # A tuned model with another label set as the base: its head is replaced, and said so.
+    load_classifier(str(multi_model_dir), ["v", "w", "x", "y", "z"], multi_label=False, seed=0)
+    messages = [r.getMessage() for r in caplog.records]
+    heads = [m for m in messages if m.startswith("a new classification head")]
+    assert heads == ["a new classification head: classifier.weight, classifier.bias"] * 2, messages
+    assert not [m for m in messages if "LOAD REPORT" in m or "MISSING" in m]
+    # No progress bar reaches stderr (tqdm writes there), nor a FutureWarning.
+    _, err = capfd.readouterr()
+    assert "Loading weights" not in err and "FutureWarning" not in err, err[-2000:]
 
 
 def test_a_hub_name_in_the_local_cache_loads_offline(model_dir: Path, tmp_path: Path,

@@ -3,8 +3,10 @@
 Reads a stored chat dataset (core/dataset.py: the train and validation splits' `row` and
 `messages`), renders every conversation through the tokenizer's chat template
 (DEFAULT_CHAT_TEMPLATE when it has none), and trains on the assistant's tokens only: every other
-token's label is -100. The loss is (sum over target tokens, target tokens), so the loop's
-accumulation gives the same gradient whatever the micro-batch. LoRA through peft by default,
+token's label is -100, and so is every token of an assistant turn stored with `weight` 0
+(OpenAI's per-message weight: the turn is context, not an answer to learn). The loss is (sum
+over target tokens, target tokens), so the loop's accumulation gives the same gradient whatever
+the micro-batch. LoRA through peft by default,
 full fine-tuning on request.
 
 An example's "length" is its token count: the probe tries the longest conversations and the
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from core.catalogue import CHAT_METRICS, greater_is_better
 from core.chat import with_system_prompt
-from core.dataset import CONTENT, MESSAGES, ROLE, ROW, TRAIN, VALIDATION, split_path
+from core.dataset import CONTENT, MESSAGES, ROLE, ROW, TRAIN, VALIDATION, WEIGHT, split_path
 from core.settings import get_settings
 from core.store import load_options, resolve_base_model
 from worker.families.chat.lora import apply_lora
@@ -149,20 +151,22 @@ def conversation_segments(tokenizer: Any, messages: list[dict[str, str]]) -> lis
     Each answer's segment is what the template adds for that turn (content and end-of-turn
     tokens): the difference between the rendering up to that turn and the rendering of the
     turns before it with the generation prompt. So training sees exactly the prompt that
-    /generate will build, and learns to end its turn."""
+    /generate will build, and learns to end its turn. An assistant turn with `weight` 0 is
+    rendered the same way but is not an answer to learn (its tokens get no loss)."""
     segments: list[tuple[list[int], bool]] = []
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]  # the template sees no weight
     done = ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        prompt = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(turns[:i + 1], tokenize=False)
         if not prompt.startswith(done) or not through.startswith(prompt):
             raise TrainingError("The chat template renders a conversation differently from its beginning "
                                 "(an earlier turn changes when a later one is added), so answer tokens "
                                 "cannot be located; use a tokenizer with a prefix-stable chat template.")
         segments.append((_ids(tokenizer, prompt[len(done):]), False))
-        segments.append((_ids(tokenizer, through[len(prompt):]), True))
+        segments.append((_ids(tokenizer, through[len(prompt):]), message.get(WEIGHT) != 0))
         done = through
     return segments
 
@@ -223,9 +227,11 @@ def tokenize_conversations(tokenizer: Any, conversations: list[list[dict[str, st
     return examples, cut_rows, dropped
 
 
-def load_conversations(path: Path) -> tuple[list[list[dict[str, str]]], list[int]]:
+def load_conversations(path: Path) -> tuple[list[list[dict[str, Any]]], list[int]]:
     table = pq.read_table(path, columns=[ROW, MESSAGES]).to_pydict()
-    conversations = [[{"role": str(m[ROLE]), "content": str(m[CONTENT])} for m in messages or []]
+    # A dataset stored before weights existed has no `weight` field: every answer counts.
+    conversations = [[{"role": str(m[ROLE]), "content": str(m[CONTENT]), WEIGHT: m.get(WEIGHT)}
+                      for m in messages or []]
                      for messages in table[MESSAGES]]
     return conversations, [int(r) for r in table[ROW]]
 
@@ -307,6 +313,11 @@ def build_chat_task(dataset_dir: Path, base_model: str, config: TrainConfig) -> 
 def setup_events(task: ChatTask, config: TrainConfig) -> list[tuple[str, str, dict[str, Any]]]:
     """What the user should know before the first step: template, adapter, cut and dropped rows."""
     events: list[tuple[str, str, dict[str, Any]]] = []
+    # Tokens one epoch reads (prompts included) and scores: what OpenAI's `trained_tokens` counts.
+    tokens = sum(int(ex["length"]) for ex in task.train_examples)
+    answer_tokens = sum(int(ex["targets"]) for ex in task.train_examples)
+    events.append(("tokens", f"One epoch is {tokens:,} tokens, {answer_tokens:,} of them answers the loss "
+                   "is on.", {"train_tokens_per_epoch": tokens, "target_tokens_per_epoch": answer_tokens}))
     if task.template_defaulted:
         events.append(("chat_template", "The tokenizer has no chat template; using tuneserve's default "
                        "(Zephyr style: <|role|> lines, each turn ending with EOS).", {"default": True}))

@@ -146,8 +146,9 @@ def _tokenize(tokenizer: Any, texts: list[str], labels: list[Any], rows: list[in
 
 
 def _loss_weight(labels: list[Any], num_labels: int, multi_label: bool) -> torch.Tensor:
-    """Inverse frequency: scikit-learn's balanced n / (k * count) per class; for multi-label pos_weight = negatives /
-    positives per label (capped). Classes absent from train get 1 (they never occur anyway)."""
+    """Inverse frequency: scikit-learn's balanced n / (k * count) per class (k: the classes in
+    train; an absent class gets 1, it never occurs anyway); for multi-label, pos_weight =
+    negatives / positives per label (capped)."""
     n = len(labels)
     if multi_label:
         positives = np.zeros(num_labels)
@@ -212,17 +213,34 @@ def load_classifier(base_model: str, labels: list[str], multi_label: bool, seed:
     try:
         trust = get_settings().trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_options(trust))
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=len(labels), **load_options(trust),
             id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
             problem_type="multi_label_classification" if multi_label else "single_label_classification",
             # A tuned model with another label set can be a base: its head is replaced.
-            ignore_mismatched_sizes=True,
+            ignore_mismatched_sizes=True, output_loading_info=True,
         )
     except Exception as error:  # noqa: BLE001 - every reason becomes a message the user can act on
         raise _unloadable(base_model, source, error) from error
+    log.info("%s", new_weights_message(loading, order=list(model.state_dict())))
     set_pad_token(model, tokenizer, base_model)
     return model, tokenizer
+
+
+def new_weights_message(loading: dict[str, Any], order: Sequence[str] = ()) -> str:
+    """One line for transformers' loading report: the weights the base model did not have (the
+    classification head, initialised from the job's seed) and the ones it had but left out.
+    Named in the model's own order (`order`: its state-dict keys): weight before bias."""
+    replaced = {key for key, *_shapes in loading.get("mismatched_keys") or ()}
+    rank = {key: i for i, key in enumerate(order)}
+    new = sorted(set(loading.get("missing_keys") or ()) | replaced, key=lambda k: (rank.get(k, len(rank)), k))
+    unused = sorted(loading.get("unexpected_keys") or ())
+    message = (f"a new classification head: {', '.join(new)}" if new
+               else "no new weights: the base model already has this classification head")
+    if unused:
+        shown = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
+        message += f"; unused weights of the base model: {shown}"
+    return message
 
 
 def build_classification_task(dataset_dir: Path, labels: list[str], multi_label: bool, base_model: str,

@@ -3,8 +3,8 @@
 jobs.memory_plan (JSON): the plan the worker made before loading the model (each term in GiB,
 the free memory, the chosen quantization, optimizer and gradient checkpointing, and why).
 
-Revision ID: 0006_job_memory_plan
-Revises: 0005_jobs_outlive_datasets
+Revision ID: 0007_job_memory_plan
+Revises: 0006_openai_fine_tuning
 """
 
 from collections.abc import Sequence
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_job_memory_plan"
-down_revision: str | None = "0005_jobs_outlive_datasets"
+revision: str = "0007_job_memory_plan"
+down_revision: str | None = "0006_openai_fine_tuning"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
