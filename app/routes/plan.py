@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
+from app.base_models import UnusableBaseModel, resolve_base_model
 from app.deps import Authenticated, PrincipalDep, SessionDep, SettingsDep
-from app.routes.jobs import resolve_base_model
 from app.schemas.common import errors
 from app.schemas.plan import MemoryPlanPublic, PlanCreate
 from core import store
@@ -27,7 +27,10 @@ def create_plan(plan_in: PlanCreate, session: SessionDep, settings: SettingsDep,
     if memory_gib is None:
         raise HTTPException(422, "Say how much GPU memory to plan for: gpu_memory_gib (e.g. 8 for an 8 GB "
                                  "card); this server has no TUNESERVE_DEVICE_MEMORY_GIB to default to.")
-    base_model, model_id = resolve_base_model(session, settings, principal, plan_in.base_model)
+    try:
+        base_model, model_id = resolve_base_model(session, settings, principal, plan_in.base_model)
+    except UnusableBaseModel as exc:
+        raise HTTPException(422, str(exc)) from exc
     tuned = session.get(TunedModel, model_id) if model_id else None
     source = str(tuned.path) if tuned is not None else store.resolve_base_model(base_model)
     hp = with_job_defaults(plan_in.hyperparameters, plan_in.task)
