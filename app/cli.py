@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from app.client.commands import register
+from app.client.plan import register as register_plan
 from app.migrate import upgrade_head
 from app.supervisor import up
 from core.settings import get_settings
@@ -106,6 +107,7 @@ def _keys_revoke(
 
 
 register(app)
+register_plan(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from app.routes import (
     jobs,
     models,
     openai,
+    plan,
     predict,
     predict_file,
 )
@@ -69,7 +70,8 @@ def create_app() -> FastAPI:
     quiet_libraries()
     demote_polling()
     app = FastAPI(title="tuneserve", version="0.1.0", lifespan=lifespan)
-    for module in (health, datasets, jobs, events, models, predict, predict_file, experiments, generate):
+    for module in (health, datasets, jobs, events, models, predict, predict_file, experiments, generate,
+                   plan):
         app.include_router(module.router)
     openai.mount(app)  # /v1: OpenAI's API over the same rows
     dashboard.mount(app)

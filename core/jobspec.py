@@ -140,7 +140,15 @@ class Hyperparameters(JsonTypes):
     gradient_checkpointing: bool = Field(
         False, description="Trade compute for memory from the start (it is also the last OOM resort)."
     )
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = Field(
+        "auto", description="auto: AdamW, or bitsandbytes' paged 8-bit AdamW when AdamW's full-precision "
+        "state would not fit the GPU (the memory plan decides before the model loads)."
+    )
     # --- chat only --------------------------------------------------------------------------
+    quantization: Literal["auto", "none", "8bit", "4bit"] = Field(
+        "auto", description="chat LoRA: the frozen base's precision. auto keeps its own dtype (bf16) when "
+        "it fits the GPU, else 8-bit, else 4-bit NF4 with double quantization (QLoRA); none never quantizes."
+    )
     finetuning: Literal["auto", "lora", "full"] = Field(
         "auto", description="chat: auto = LoRA adapters on a frozen base, full = every weight trains. "
         "Classifiers are always fully fine-tuned."
@@ -161,6 +169,12 @@ class Hyperparameters(JsonTypes):
     def _check_consistency(self) -> Hyperparameters:
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise ValueError("eval_strategy 'steps' needs eval_steps (evaluate every N optimizer steps)")
+        if self.quantization in ("8bit", "4bit") and self.finetuning == "full":
+            raise ValueError(
+                f"quantization {self.quantization} trains LoRA adapters on a frozen quantized base; a full "
+                "fine-tune updates every weight, which cannot be stored in 4 or 8 bits: use finetuning lora "
+                "(or auto), or quantization auto"
+            )
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size} "

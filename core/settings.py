@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     worker_health_file: Path | None = None
     # How often the worker checks and touches it; stale after 4 intervals.
     worker_health_interval_s: float = 15.0
+    # GiB of device memory one process may use (the worker's training, the API's /predict and
+    # /generate). Unset: all the device's free memory. Set, it is what the memory plan plans for
+    # (quantization, optimizer, checkpointing are chosen to fit it) and, on CUDA, a hard cap
+    # (torch.cuda.set_per_process_memory_fraction): so a worker and the API can share one GPU,
+    # and a test can plan as if on an 8 GB card.
+    device_memory_gib: float | None = Field(default=None, gt=0)
     # CPU threads for torch in the worker; 0 means torch's own default (all cores).
     torch_threads: int = 0
     # POST /jobs asks the hub whether a model name that is not cached exists; with no network

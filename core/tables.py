@@ -128,6 +128,10 @@ class Job(Base):
     error_kind: Mapped[str | None] = mapped_column(String(16))
     model_id: Mapped[str | None] = mapped_column(String(40))
     comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The memory plan made before the model loaded (core/planning: each term in GiB, the free
+    # memory, the chosen quantization, optimizer and checkpointing, and why); a resumed attempt
+    # keeps its choices, which its checkpoints were trained with.
+    memory_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))

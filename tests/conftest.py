@@ -208,7 +208,8 @@ def make_tiny_tokenizer(texts: list[str], chat_template: str | None = TINY_CHAT_
     return tokenizer
 
 
-def make_tiny_chat_lm(directory: Path, seed: int = 0, chat_template: str | None = TINY_CHAT_TEMPLATE) -> Path:
+def make_tiny_chat_lm(directory: Path, seed: int = 0, chat_template: str | None = TINY_CHAT_TEMPLATE,
+                      hidden_size: int = 32, intermediate_size: int = 64) -> Path:
     """A 2-layer random LlamaForCausalLM with a BPE tokenizer trained on the Korean Q/A slice."""
     import pandas as pd
     import torch
@@ -219,7 +220,8 @@ def make_tiny_chat_lm(directory: Path, seed: int = 0, chat_template: str | None 
     tokenizer = make_tiny_tokenizer(texts, chat_template)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,  # type: ignore[arg-type]
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,  # type: ignore[arg-type]
+        num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,  # type: ignore[attr-defined]
         pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
@@ -252,3 +254,10 @@ def make_chat_adapter(base_dir: Path, directory: Path, seed: int) -> Path:
 @pytest.fixture(scope="session")
 def tiny_chat_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_chat_lm(tmp_path_factory.mktemp("tiny-chat-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qlora_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama at width 64: bitsandbytes' 4-bit blocks are 64 weights, and its CPU kernels
+    for evaluation need every linear layer's input at least one block wide."""
+    return make_tiny_chat_lm(tmp_path_factory.mktemp("tiny-qlora-lm"), hidden_size=64, intermediate_size=128)

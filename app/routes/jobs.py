@@ -56,6 +56,7 @@ def create_job(job_in: JobCreate, session: SessionDep, settings: SettingsDep, pr
     if dataset.task != "chat":
         chat_only = [k for k in catalogue.CHAT_ONLY_FIELDS if k in hp.model_fields_set]
         chat_only += ["finetuning"] if hp.finetuning == "lora" else []
+        chat_only += ["quantization"] if hp.quantization in ("8bit", "4bit") else []
         if chat_only:
             raise HTTPException(422, f"{', '.join(chat_only)} apply to chat jobs only; dataset {dataset.id} "
                                      f"is {dataset.task} (classifiers are fully fine-tuned).")

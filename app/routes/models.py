@@ -116,7 +116,7 @@ def download_model(
     staging = Path(tempfile.mkdtemp(prefix=f".merge-{model_id}-", dir=settings.data_dir))
     try:
         try:
-            merge_to_directory(read_spec(model_id, directory), staging / model_id)
+            merged_into = merge_to_directory(read_spec(model_id, directory), staging / model_id)
         except FileNotFoundError as e:
             raise _deleted_meanwhile(model_id) from e
         # Opened before the staging directory can go: the stream reads only these handles.
@@ -126,5 +126,7 @@ def download_model(
 
     return StreamingResponse(
         iter_targz(snapshot), media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"'},
+        headers={"Content-Disposition": f'attachment; filename="{model_id}-merged.tar.gz"',
+                 # Also in the archive's tuneserve.json (merged_into).
+                 "X-Tuneserve-Merged-Into": merged_into.encode("ascii", "replace").decode()},
     )

@@ -53,6 +53,9 @@ class JobPublic(BaseModel):
         "(disk, memory, a missing package), or a bug in tuneserve.")
     model_id: str | None
     attempts: int
+    memory_plan: dict[str, Any] | None = Field(
+        None, description="Made before the model loaded: each term in GiB, the free memory, the chosen "
+        "quantization, optimizer and gradient checkpointing and why (POST /plan's fields).")
     disk_bytes: int = Field(0, description="Bytes on disk: the job's checkpoints plus its tuned model.")
     resume_from_step: int | None = Field(
         None, description="The step a resume (or a new worker) continues from: its newest checkpoint "

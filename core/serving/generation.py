@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core import store
@@ -41,6 +42,9 @@ class ChatSpec:
     adapter: bool
     base_path: str | None      # the base's directory or hub name (adapters only)
     system_prompt: str | None = None
+    # The base as the adapter trained on it: none | 8bit | 4bit. A quantized base is loaded
+    # quantized the same way (the memory plan chose it because the unquantized one does not fit).
+    quantization: str = "none"
 
 
 def read_spec(model_id: str, path: Path) -> ChatSpec:
@@ -52,18 +56,26 @@ def read_spec(model_id: str, path: Path) -> ChatSpec:
 
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     return ChatSpec(model_id=model_id, path=path, adapter=adapter, base_path=base,
-                    system_prompt=meta.get("system_prompt"))
+                    system_prompt=meta.get("system_prompt"),
+                    quantization=str(meta.get("quantization") or "none") if adapter else "none")
 
 
 class LoadedBase:
     """One causal LM in memory, with any number of named LoRA adapters on it."""
 
-    def __init__(self, path: str, device: str | None = None) -> None:
+    def __init__(self, path: str, device: str | None = None, quantization: str = "none") -> None:
+        from core.planning.quantize import quantized_load_options
         from core.serving.runtime import serving_device
 
-        self.path = path
-        model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options())
-        self.model: Any = model.to(serving_device(device)).eval()
+        self.path, self.quantization = path, quantization
+        target = serving_device(device)
+        if quantization in ("8bit", "4bit"):
+            # bitsandbytes quantizes each weight as it lands on the device: no .to() afterwards.
+            options = quantized_load_options(quantization, torch.device(target))
+            self.model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options(), **options).eval()
+        else:
+            model: Any = AutoModelForCausalLM.from_pretrained(path, **_load_options())
+            self.model = model.to(target).eval()
         self.adapters: set[str] = set()
         # Held by the engine around each decoding step and by adapter loading/unloading: peft
         # edits the modules an adapter lives in, which must not happen mid-forward.
@@ -141,9 +153,12 @@ class ChatModels:
             tokenizer = AutoTokenizer.from_pretrained(str(spec.path), **_tokenizer_options())
             if spec.adapter:
                 assert spec.base_path is not None
-                base = self._bases.get(spec.base_path)
+                # Every adapter of one base in one precision shares one copy of it.
+                key = spec.base_path if spec.quantization == "none" \
+                    else f"{spec.base_path}@{spec.quantization}"
+                base = self._bases.get(key)
                 if base is None:
-                    base = self._bases[spec.base_path] = LoadedBase(spec.base_path, self.device)
+                    base = self._bases[key] = LoadedBase(spec.base_path, self.device, spec.quantization)
                 with base.lock:
                     base.add_adapter(spec.model_id, spec.path)
                 adapter: str | None = spec.model_id
@@ -172,16 +187,26 @@ class ChatModels:
         return list(self._bases)
 
 
-def merge_to_directory(spec: ChatSpec, destination: Path) -> Path:
+def merge_to_directory(spec: ChatSpec, destination: Path) -> str:
     """The adapter merged into its base: a plain model directory `pipeline("text-generation")`
-    loads with no peft (the tokenizer, chat template included, beside it)."""
+    loads with no peft (the tokenizer, chat template included, beside it). Returns what it was
+    merged into, in words.
+
+    An adapter trained on a 4-bit or 8-bit base is merged into the base reloaded in bf16, never
+    into the quantized weights: rounding the merged sum back to 4 bits would lose the adapter's
+    small updates, and a quantized checkpoint is not what `pipeline` users expect."""
     from peft import PeftModel
 
     assert spec.adapter and spec.base_path is not None
-    base = AutoModelForCausalLM.from_pretrained(spec.base_path, **_load_options())
+    quantized = spec.quantization in ("8bit", "4bit")
+    dtype = {"dtype": torch.bfloat16} if quantized else {}
+    base = AutoModelForCausalLM.from_pretrained(spec.base_path, **_load_options(), **dtype)
     merged = PeftModel.from_pretrained(base, str(spec.path)).merge_and_unload()
     merged.save_pretrained(destination)
     AutoTokenizer.from_pretrained(str(spec.path), **_tokenizer_options()).save_pretrained(destination)
-    meta = store.read_model_meta(spec.path) | {"adapter": False, "merged_from": spec.model_id}
+    merged_into = (f"the base reloaded in bf16 (the adapter trained on a {spec.quantization} base; its "
+                   "quantized weights are not merged into)" if quantized else "the base in its own dtype")
+    meta = store.read_model_meta(spec.path) | {"adapter": False, "merged_from": spec.model_id,
+                                               "merged_into": merged_into, "quantization": "none"}
     store.write_model_meta(destination, meta)
-    return destination
+    return merged_into

@@ -126,3 +126,86 @@ def test_chat_lora_job_end_to_end(stack: Any, tmp_path: Path, tiny_chat_lm_dir: 
     cancelled = wait_for_job(client, cancel_id, {"cancelled", "succeeded", "failed"}, timeout_s=60,
                              worker=second)
     assert cancelled["state"] == "cancelled" and cancelled["model_id"] is None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_qlora_job_end_to_end(stack: Any, tmp_path: Path, tiny_qlora_lm_dir: Path) -> None:
+    """quantization 4bit through the API and real workers on the CPU: the memory plan on the job,
+    a SIGKILL mid-run resumed on the same 4-bit base, /generate on the quantized base, and the
+    merged download merged into the base reloaded in bf16, which a plain `pipeline` loads."""
+    client, start_worker = stack(fault_step_delay_s=0.4, job_lease_s=3, heartbeat_interval_s=0.5,
+                                 compare_max_prompts=3, compare_max_new_tokens=4)
+    dataset = upload(client, FIXTURES / "korean_chatbot_qa_slice.csv", task="chat")
+    hp = {**CHAT_HP, "max_steps": 6, "quantization": "4bit"}
+    resp = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": str(tiny_qlora_lm_dir),
+                                      "hyperparameters": hp})
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["id"]
+    first = start_worker()
+    wait_until(lambda: any(c["step"] >= 2 for c in client.get(f"/jobs/{job_id}/checkpoints").json()),
+               what="a first checkpoint")
+    first.kill()
+    second = start_worker()
+    job = wait_for_job(client, job_id, {"succeeded", "failed"}, worker=second)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["step"] == 6
+    plan = job["memory_plan"]
+    assert plan["fits"] and plan["choice"]["quantization"] == "4bit"
+    assert plan["reasons"]["quantization"].startswith("set by the job")
+    events = client.get(f"/jobs/{job_id}/events").json()
+    planned = [e for e in events if e["kind"] == "memory_plan"]
+    assert len(planned) == 2 and planned[1]["message"].startswith("Kept the first attempt's memory plan")
+    assert "resumed" in [e["kind"] for e in events]
+
+    model_id = job["model_id"]
+    reply = client.post("/generate", json={"model_id": model_id, "max_new_tokens": 4, "temperature": 0,
+                                           "messages": [{"role": "user", "content": "12시 땡!"}]})
+    assert reply.status_code == 200, reply.text
+    merged_resp = client.get(f"/models/{model_id}/download", params={"merged": "true"})
+    assert merged_resp.status_code == 200, merged_resp.text
+    assert "reloaded in bf16" in merged_resp.headers["x-tuneserve-merged-into"]
+    merged = _untar(merged_resp.content, tmp_path / "merged")
+    assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
+    assert "reloaded in bf16" in json.loads((merged / "tuneserve.json").read_text())["merged_into"]
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=str(merged))
+    out = generator([{"role": "user", "content": "12시 땡!"}], max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"
+    second.kill()
+
+    # Under a cap between the 8-bit and the 4-bit plan, auto picks 4-bit by itself, and a job that
+    # insists on the unquantized base fails at once with the numbers.
+    import torch
+
+    from core.catalogue import with_job_defaults
+    from core.jobspec import Hyperparameters
+    from core.planning import PlanRequest, measure, plan_for_source
+
+    hp_auto = with_job_defaults(Hyperparameters(**CHAT_HP), "chat")
+    request = PlanRequest.from_hyperparameters(hp_auto, chat=True)
+    options = plan_for_source("tiny", str(tiny_qlora_lm_dir), request, measure(torch.device("cpu"), None)
+                              ).to_dict()["options"]
+
+    def least(quantization: str) -> float:
+        return min(o["total_gib"] for o in options if o["quantization"] == quantization)
+
+    assert least("4bit") < least("8bit") < least("none")
+    cap = (least("8bit") + least("4bit")) / 2
+    client, start_worker = stack(device_memory_gib=cap, fault_step_delay_s=0.4)
+    worker = start_worker()
+    auto = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": str(tiny_qlora_lm_dir),
+                                      "hyperparameters": {**CHAT_HP, "max_steps": 40}}).json()["id"]
+    wait_until(lambda: client.get(f"/jobs/{auto}").json()["memory_plan"] is not None, what="the plan")
+    chosen = client.get(f"/jobs/{auto}").json()["memory_plan"]
+    assert chosen["choice"]["quantization"] == "4bit" and "8-bit (LLM.int8) needs" in chosen["reasons"][
+        "quantization"]
+    client.post(f"/jobs/{auto}/cancel")
+    wait_for_job(client, auto, {"cancelled", "succeeded", "failed"}, worker=worker)
+    none = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": str(tiny_qlora_lm_dir),
+                                      "hyperparameters": {**CHAT_HP, "quantization": "none"}}).json()["id"]
+    failed = wait_for_job(client, none, {"succeeded", "failed"}, worker=worker)
+    assert failed["state"] == "failed" and failed["error_kind"] == "environment"
+    assert "does not fit" in failed["error"] and "needs ≥" in failed["error"]
+    assert "GiB free" in failed["error"]
+    assert failed["step"] == 0 and client.get(f"/jobs/{none}/checkpoints").json() == []

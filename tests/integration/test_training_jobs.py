@@ -71,7 +71,8 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
                for c, p in zip(checkpoints, metrics["eval"], strict=True))
 
     kinds = _event_kinds(client, job_id)
-    assert kinds[:4] == ["queued", "claimed", "batch_probe", "started"]
+    assert kinds[:5] == ["queued", "claimed", "memory_plan", "batch_probe", "started"]
+    assert job["memory_plan"]["fits"] and job["memory_plan"]["choice"]["quantization"] == "none"
     assert kinds[-1] == "succeeded" and "model_ready" in kinds and "comparison" in kinds
 
     model = client.get(f"/models/{job['model_id']}").json()

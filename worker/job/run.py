@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core import store
@@ -16,6 +17,7 @@ from core.settings import get_settings
 from core.tables import Dataset, Job, TunedModel
 from worker.families import family_for
 from worker.job.outcome import compare_quietly, register_model
+from worker.job.plan import apply_plan, cap_device_memory, plan_event, plan_job
 from worker.job.sink import SqlSink
 from worker.training.config import TrainConfig
 from worker.training.errors import TrainingError
@@ -30,6 +32,23 @@ def base_model_source(session: Session, job: Job) -> str | None:
         tuned = session.get(TunedModel, job.base_model_id)
         return str(tuned.path) if tuned is not None else None
     return store.resolve_base_model(job.base_model)
+
+
+def memory_plan(job_id: str, sink: SqlSink, base_model: str, source: str, task: str, hp: Hyperparameters,
+                config: TrainConfig, earlier: dict[str, Any] | None) -> TrainConfig:
+    """Plan the job's memory before its model loads (or keep the plan an earlier attempt trained
+    with), record it on the job and as an event, and apply its choices; fails the job when
+    nothing fits."""
+    settings = get_settings()
+    cap_device_memory(config, settings)
+    resumed = earlier is not None and bool(earlier.get("fits"))
+    plan = earlier if resumed else plan_job(base_model, source, task, hp, config, settings)
+    if plan is not None:
+        if not resumed:
+            with session_scope() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(memory_plan=plan))
+        sink.event(*plan_event(plan, resumed))
+    return apply_plan(config, plan)
 
 
 def run_job(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
@@ -48,9 +67,11 @@ def run_job(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
                                 "start the job again from another model.")
         hp = Hyperparameters.model_validate(job.hyperparameters)
         dataset_dir, labels, task = Path(dataset.storage_path), list(dataset.labels), dataset.task
+        shown_name, earlier_plan = job.base_model, job.memory_plan
 
     family = family_for(task)
     config = TrainConfig.from_hyperparameters(hp, settings)
+    config = memory_plan(job_id, sink, shown_name, base_model_path, task, hp, config, earlier_plan)
     training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
     if sink.should_stop():  # cancelled (or stopped) while the model loaded: before the probe's work
         return JobState.CANCELLED, {}

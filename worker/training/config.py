@@ -43,6 +43,11 @@ class TrainConfig:
     class_weights: str = "off"             # off | auto (read by the task, kept here for the record)
     precision: str = "auto"                # auto | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False   # from the start; it is also the last OOM resort
+    # The memory plan's choices (worker/job/plan.py): the job's auto resolved before loading.
+    quantization: str = "auto"             # chat LoRA base: none | 8bit | 4bit (auto: as planned)
+    optimizer: str = "auto"                # adamw | adamw_8bit (auto: adamw)
+    # The plan's sentence (terms, free memory), quoted by the last rung of the OOM ladder.
+    memory_plan_message: str | None = _runtime(None)
     finetuning: str = "auto"               # chat: auto|lora (adapters) | full (read by the task)
     lora_r: int = 16
     lora_alpha: int = 32

@@ -133,7 +133,9 @@ class Trainer:
             f"{' with gradient checkpointing' if state.gradient_checkpointing else ''}. "
             f"What would help: a shorter max_seq_length (now {self.config.max_seq_length}), a smaller "
             "base model, or a device with more memory. A smaller batch_size would not: the service "
-            "already runs one sample per micro-batch.",
+            "already runs one sample per micro-batch."
+            + (f" The memory plan made before loading: {self.config.memory_plan_message}"
+               if self.config.memory_plan_message else ""),
             kind="environment",
         )
 

@@ -311,6 +311,9 @@ function jobSections(state) {
       ["hyperparameters", ["epochs", "batch_size", "learning_rate", "max_seq_length"]
         .filter((k) => k in hp).map((k) => `${k} ${fmt(hp[k])}`).join(", ")],
       job.device ? ["device", job.device] : null,
+      // The memory plan made before the model loaded: its sentence, then each choice and why.
+      job.memory_plan ? ["memory plan", [job.memory_plan.message,
+        ...Object.entries(job.memory_plan.reasons || {}).map(([k, v]) => `${k}: ${v}`)].join(" · ")] : null,
       ["model", job.model_id || "–"],
       job.error ? ["error", job.error] : null,
     ]));

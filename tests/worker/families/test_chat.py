@@ -3,6 +3,7 @@ LoRA through the same loop (metrics, checkpoints, resume to the uninterrupted we
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from worker.families.chat.task import (
     truncate_left,
 )
 from worker.training.config import TrainConfig
+from worker.training.errors import TrainingError
 from worker.training.loop import run_training
 from worker.training.recording import RecordingSink
 
@@ -197,3 +199,39 @@ def test_full_fine_tuning_trains_every_weight(tiny_chat_lm_dir: Path, chat_datas
     assert not task.lora and all(p.requires_grad for p in task.model.parameters())
     result = run_training(task, config, tmp_path / "run", RecordingSink())
     assert result.best_checkpoint is not None and (result.best_checkpoint / "model.safetensors").is_file()
+
+
+def test_qlora_trains_a_4_bit_base_with_8_bit_adamw_and_resumes_to_the_same_adapter(
+    tiny_qlora_lm_dir: Path, chat_dataset_dir: Path, tmp_path: Path
+) -> None:
+    """QLoRA on the CPU (bitsandbytes 0.50): NF4 base, paged 8-bit AdamW, the same loop's cancel and
+    resume; the checkpoint is the adapter and says which base it trained on."""
+    import bitsandbytes as bnb
+
+    config = _config(quantization="4bit", optimizer="adamw_8bit", max_steps=4, eval_steps=2)
+    task = build_chat_task(chat_dataset_dir, str(tiny_qlora_lm_dir), config)
+    assert task.quantization == "4bit"
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in task.model.modules())
+    assert all(not p.requires_grad for n, p in task.model.named_parameters() if "lora_" not in n)
+    first = run_training(task, config, tmp_path / "run", RecordingSink(stop_when=lambda s: s >= 2))
+    assert first.cancelled and first.global_step == 2
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-2" / "training_state.pt", weights_only=False)
+    # bitsandbytes' optimizer state (the tiny adapter's tensors are under its 8-bit minimum size, so
+    # their moments stay 32-bit; the 8-bit path itself is bitsandbytes' to test).
+    assert all("__bnb_optimizer_quant_state__" in s for s in state["optimizer"]["state"].values())
+    second = build_chat_task(chat_dataset_dir, str(tiny_qlora_lm_dir), config)
+    sink = RecordingSink()
+    resumed = run_training(second, config, tmp_path / "run", sink)
+    assert resumed.resumed_from_step == 2 and resumed.global_step == 4
+    train = [values for _, _, values in sink.train_points]
+    assert all(math.isfinite(v["loss"]) for v in train)
+    best = resumed.best_checkpoint
+    assert best is not None and (best / "adapter_model.safetensors").is_file()
+    assert json.loads((best / "tuneserve.json").read_text())["quantization"] == "4bit"
+
+
+def test_a_quantized_full_fine_tune_is_refused_in_words(tiny_qlora_lm_dir: Path,
+                                                        chat_dataset_dir: Path) -> None:
+    with pytest.raises(TrainingError, match="a full fine-tune cannot"):
+        build_chat_task(chat_dataset_dir, str(tiny_qlora_lm_dir),
+                        _config(quantization="8bit", finetuning="full"))

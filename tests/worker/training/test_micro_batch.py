@@ -135,6 +135,17 @@ def test_micro_batch_one_still_failing_turns_on_checkpointing_then_says_what_hel
     assert str(model_dir) in message and "sequence length" in message and "at step 2" in message
 
 
+def test_the_last_rung_quotes_the_memory_plan(small_dataset_dir: Path, model_dir: Path,
+                                              tmp_path: Path) -> None:
+    plan = "tiny fits: fp32, AdamW, gradient checkpointing off; it needs 0.0 GiB at fp32, micro-batch 1."
+    config = make_config(batch_size=2, micro_batch_size=2, max_steps=2, fault_oom_above_micro_batch=0,
+                         fault_oom_from_step=1, memory_plan_message=plan)
+    with pytest.raises(TrainingError) as caught:
+        run_training(build_task(small_dataset_dir, model_dir, config), config, tmp_path, RecordingSink())
+    assert caught.value.kind == "environment"
+    assert str(caught.value).endswith(f"The memory plan made before loading: {plan}")
+
+
 def test_short_window_is_normalized_by_its_own_sample_count(small_dataset_dir: Path, model_dir: Path) -> None:
     """A window of 5 split 2+2+1 gives the gradient of the mean loss over those 5 samples."""
     config = make_config(batch_size=8)

@@ -35,7 +35,7 @@ class ChatFamily:
         return {"task": "chat", "labels": [],
                 "max_seq_length": saved.get("max_seq_length", hp.max_seq_length),
                 "base_model": base_model, "job_id": job_id, "adapter": bool(saved.get("adapter")),
-                "system_prompt": hp.system_prompt}
+                "system_prompt": hp.system_prompt, "quantization": saved.get("quantization", "none")}
 
     def compare(self, job_id: str, model_id: str | None = None) -> dict[str, Any]:
         from worker.families.chat.compare import compare_chat_job

@@ -5,31 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# The default targets per architecture live in core/planning/lora.py: the memory plan counts the
+# adapter's weights from the same table this applies.
+from core.planning.lora import LORA_TARGETS as LORA_TARGETS
+from core.planning.lora import lora_targets_for as default_lora_targets
 from worker.training.config import TrainConfig
 from worker.training.protocols import TrainingError
-
-# LoRA on every attention projection: the usual recipe for chat SFT of decoder LMs (peft's own
-# defaults take q and v only). Other architectures fall back to peft's per-architecture table;
-# hyperparameters.lora_target_modules overrides both.
-LORA_TARGETS: dict[str, list[str]] = {
-    **{t: ["q_proj", "k_proj", "v_proj", "o_proj"]
-       for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo",
-                 "olmo2", "exaone", "granite", "cohere", "stablelm")},
-    "phi3": ["qkv_proj", "o_proj"],
-    "gpt2": ["c_attn", "c_proj"],
-    "gpt_neox": ["query_key_value", "dense"],
-    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
-}
-
-
-def default_lora_targets(model_type: str) -> list[str] | None:
-    if model_type in LORA_TARGETS:
-        return LORA_TARGETS[model_type]
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-    targets = PEFT_DEFAULTS.get(model_type)
-    return list(targets) if targets else None
-
 
 
 def apply_lora(model: Any, config: TrainConfig) -> Any:

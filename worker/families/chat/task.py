@@ -66,6 +66,7 @@ class ChatTask:
     truncated_rows: list[int] = field(default_factory=list)
     dropped_rows: list[int] = field(default_factory=list)
     template_defaulted: bool = False  # the tokenizer had no chat template: DEFAULT_CHAT_TEMPLATE
+    quantization: str = "none"  # the base as loaded: none | 8bit | 4bit (bitsandbytes)
 
     # ---- the loop's protocol --------------------------------------------------------------
     def loss_units(self, examples: Sequence[Example]) -> int:
@@ -114,7 +115,9 @@ class ChatTask:
 
     def meta(self) -> dict[str, Any]:
         return {"task": "chat", "labels": [], "max_seq_length": self.max_seq_length,
-                "base_model": self.model_name, "adapter": self.lora, "system_prompt": self.system_prompt}
+                "base_model": self.model_name, "adapter": self.lora, "system_prompt": self.system_prompt,
+                # The base the adapter trained on: /generate loads it quantized the same way.
+                "quantization": self.quantization}
 
     def save_checkpoint(self, directory: Path) -> None:
         # LoRA: the adapter only (adapter_config.json names the base); full: the whole model.
@@ -237,28 +240,46 @@ def load_conversations(path: Path) -> tuple[list[list[dict[str, Any]]], list[int
 # The model
 # --------------------------------------------------------------------------------------------
 
-def load_causal_lm(base_model: str, seed: int) -> tuple[Any, Any]:
+def load_causal_lm(base_model: str, seed: int, quantization: str = "none",
+                   device: str = "auto") -> tuple[Any, Any]:
+    """The base model and its tokenizer; a 4-bit or 8-bit base (the memory plan's quantization)
+    is quantized by bitsandbytes as it loads, onto the device it trains on."""
     from transformers import AutoModelForCausalLM
 
+    from core.planning.quantize import quantized_load_options
     from worker.families.loading import load_tokenizer
+    from worker.training.devices import pick_device
 
     source = resolve_base_model(base_model)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(source, base_model)
+    quantized = quantization in ("8bit", "4bit")
+    extra = quantized_load_options(quantization, pick_device(device)) if quantized else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **load_options(get_settings().trust_remote_code))
+        model = AutoModelForCausalLM.from_pretrained(source, **load_options(get_settings().trust_remote_code),
+                                                     **extra)
     except Exception as error:  # noqa: BLE001 - every reason becomes a message the user can act on
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise TrainingError(f"Cannot load the base model {base_model!r} as a causal language model "
                             f"(chat needs a decoder such as Llama, Qwen or GPT-2): "
                             f"{type(error).__name__}: {first}") from error
     set_pad_token(model, tokenizer, base_model)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # The norms and the head in fp32 and a gradient path into the first layer (so checkpointed
+        # layers still reach LoRA); checkpointing itself is the loop's (plan, or the OOM ladder).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, tokenizer
 
 
 def build_chat_task(dataset_dir: Path, base_model: str, config: TrainConfig) -> ChatTask:
     dataset_dir = Path(dataset_dir)
-    model, tokenizer = load_causal_lm(base_model, config.seed)
+    quantization = config.quantization if config.quantization in ("8bit", "4bit") else "none"
+    if quantization != "none" and config.finetuning == "full":
+        raise TrainingError(f"quantization {quantization} trains LoRA adapters on a frozen quantized base; "
+                            "a full fine-tune cannot. Use finetuning lora, or quantization none.")
+    model, tokenizer = load_causal_lm(base_model, config.seed, quantization, config.device)
     defaulted = ensure_chat_template(tokenizer)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     max_len = min(config.max_seq_length, max_positions) if max_positions else config.max_seq_length
@@ -281,7 +302,8 @@ def build_chat_task(dataset_dir: Path, base_model: str, config: TrainConfig) -> 
                     train_examples=train_examples, eval_examples=eval_examples, lora=lora,
                     system_prompt=config.system_prompt,
                     baseline_loss=math.log(vocab) if vocab > 1 else None,  # a uniform guess
-                    truncated_rows=cut, dropped_rows=dropped, template_defaulted=defaulted)
+                    truncated_rows=cut, dropped_rows=dropped, template_defaulted=defaulted,
+                    quantization=quantization)
     log.info("chat task: %d train / %d validation conversations, max %d tokens (longest %d), %s",
              len(train_examples), len(eval_examples), max_len,
              max((e["length"] for e in train_examples), default=0), "LoRA" if lora else "full fine-tuning")
