@@ -114,6 +114,8 @@ class Job(Base):
     error_kind: Mapped[str | None] = mapped_column(String(16))
     model_id: Mapped[str | None] = mapped_column(String(40))
     comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # learning_rate "auto": the rate the range test chose (its curve is the lr_range_test event).
+    chosen_learning_rate: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
@@ -218,5 +220,8 @@ class Experiment(Base):
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # What the leaderboard ranks by and the recommendation names (the jobs' metric_for_best_model).
     primary_metric: Mapped[str] = mapped_column(String(64))
+    # A search experiment (None: one job per base model): its space, sampler, pruner, trials and
+    # parallelism as validated; the Optuna study of the same name is in Optuna's tables.
+    search: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)

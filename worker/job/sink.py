@@ -73,6 +73,11 @@ class SqlSink:
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         log.info("job %s: %s: %s", self.job_id, kind, message)
         add_event(self.job_id, kind, message, data)
+        if kind == "lr_range_test" and data and "chosen" in data:
+            chosen = float(data["chosen"])
+            write_with_retry(lambda session: session.execute(
+                update(Job).where(Job.id == self.job_id).values(chosen_learning_rate=chosen)),
+                what=f"job {self.job_id}: chosen learning rate")
         if kind == "resumed" and data and "step" in data:
             self._resumed = True
             self._rewind_to(int(data["step"]))
