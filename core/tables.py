@@ -92,6 +92,8 @@ class Job(Base):
     base_model_id: Mapped[str | None] = mapped_column(String(40), index=True)
     # The experiment this job is one model of (POST /experiments); None for a job on its own.
     experiment_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # A search experiment's trial: the Optuna trial number this job is (core/search.py).
+    search_trial: Mapped[int | None] = mapped_column(Integer)
     task: Mapped[str] = mapped_column(String(32))
     # A JobState value (core/jobstate.py, which makes every change to it).
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)

@@ -40,7 +40,8 @@ def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
 
 
 def test_learning_rate_auto_is_accepted_and_kept_as_asked(client: Any) -> None:
-    resp = client.post("/jobs", json={"dataset_id": dataset_row(), "hyperparameters": {"learning_rate": "auto"}})
+    resp = client.post("/jobs", json={"dataset_id": dataset_row(),
+                                      "hyperparameters": {"learning_rate": "auto"}})
     assert resp.status_code == 201, resp.text
     assert resp.json()["hyperparameters"]["learning_rate"] == "auto"
     assert resp.json()["chosen_learning_rate"] is None  # until the worker's range test chooses it
