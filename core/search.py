@@ -164,6 +164,7 @@ def load_study(database_url: str, experiment: Experiment, seed: int = 0) -> Any:
     search = experiment.search or {}
     direction: Literal["maximize", "minimize"] = (
         "maximize" if search.get("greater_is_better", True) else "minimize")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per load of the study
     study = optuna.create_study(study_name=study_name(experiment.id), storage=storage(database_url),
                                 direction=direction, load_if_exists=True, pruner=_pruner(search))
     study.sampler = _sampler(search, seed + len(study.get_trials(deepcopy=False)))

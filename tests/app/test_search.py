@@ -24,7 +24,8 @@ def _counts() -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(("spec", "phrase"), [
-    ({"space": {"learning_rate": {"low": 1e-3, "high": 1e-5, "log": True}}}, "low 0.001 must be below high"),
+    ({"space": {"learning_rate": {"low": 1e-3, "high": 1e-5, "log": True}}},
+     "low 0.001 must be below high"),
     ({"space": {"learning_rate": {"low": 0, "high": 1e-3, "log": True}}}, "a log range needs low > 0"),
     ({"space": {"dropout_of_doom": [0.1, 0.2]}}, "dropout_of_doom"),
     ({"space": {"seed": [1, 2]}}, "cannot be searched"),
@@ -79,4 +80,5 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
     assert client.post(f"/experiments/{body['id']}/cancel").status_code == 200
     assert client.delete(f"/experiments/{body['id']}").status_code == 204
     with pytest.raises(KeyError):
-        optuna.load_study(study_name=search.study_name(body["id"]), storage=search.storage(settings.database_url))
+        optuna.load_study(study_name=search.study_name(body["id"]),
+                          storage=search.storage(settings.database_url))
