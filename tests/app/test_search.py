@@ -39,8 +39,8 @@ def _counts() -> tuple[int, int]:
 ])
 def test_a_bad_space_is_a_422_that_names_it_and_writes_nothing(client: Any, tiny_encoder_dir: Path,
                                                                spec: dict[str, Any], phrase: str) -> None:
-    resp = client.post("/experiments", json={"dataset_id": dataset_row(), "base_models": [str(tiny_encoder_dir)],
-                                             "search": spec})
+    resp = client.post("/experiments", json={"dataset_id": dataset_row(),
+                                             "base_models": [str(tiny_encoder_dir)], "search": spec})
     assert resp.status_code == 422, resp.text
     assert phrase in str(resp.json()["detail"])
     assert _counts() == (0, 0)
