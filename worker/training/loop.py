@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,7 +138,7 @@ def setup(task: TrainingTask, config: TrainConfig, checkpoints_root: Path,
     else:
         trainer.choose_micro_batch(examples)
         if auto_lr:
-            choose_learning_rate(trainer, total_steps)
+            choose_learning_rate(trainer, total_steps, len(examples))
 
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
     sink.event("started", f"Training {task.model_name} on {device} ({precision}): {len(examples)} "
@@ -153,10 +154,14 @@ def setup(task: TrainingTask, config: TrainConfig, checkpoints_root: Path,
     return trainer, run
 
 
-def choose_learning_rate(trainer: Trainer, total_steps: int) -> None:
+def choose_learning_rate(trainer: Trainer, total_steps: int, train_rows: int) -> None:
     """learning_rate "auto": the range test at the chosen micro-batch, then the optimizer and the
     schedule rebuilt at the rate it picked (the test's own optimizer is thrown away)."""
-    test = lr_range.run(trainer)
+    # What the job trains on: the cost of the test is bounded by a share of it.
+    job_samples = min(total_steps * trainer.config.batch_size,
+                      math.ceil(total_steps / max(1, steps_per_epoch(train_rows, trainer.config.batch_size)))
+                      * train_rows)
+    test = lr_range.run(trainer, job_samples)
     trainer.config = dataclasses.replace(trainer.config, learning_rate=test.chosen)
     trainer.optimizer = build_optimizer(trainer.model, trainer.config, trainer.device)
     trainer.scheduler = build_scheduler(trainer.optimizer, trainer.config, total_steps)

@@ -28,10 +28,16 @@ if TYPE_CHECKING:
 LR_START = 1e-7
 LR_END = 1.0
 MAX_STEPS = 100
-# Fewer steps than this say nothing about a curve; a split this small is still tested this often
-# (the micro-batches are drawn with replacement once the split is used up).
-MIN_STEPS = 20
-# fastai's smoothing of the recorded loss (an exponential moving average, bias-corrected).
+# Fewer steps than this say little about a curve; a split this small is still tested this often
+# (the split is cycled through again once it is used up).
+MIN_STEPS = 16
+# The test's budget: this fraction of the samples the job trains on (epochs x train rows), in
+# micro-batches of at most RANGE_BATCH, between MIN_STEPS and MAX_STEPS. A 2,000-row, 3-epoch
+# job: 6,000 samples, so 18 micro-batches of 16 = 288 (4.8%); a long job gets the full 100.
+BUDGET_FRACTION = 0.05
+RANGE_BATCH = 16
+# fastai's smoothing of the recorded loss (an exponential moving average, bias-corrected): 0.98
+# over its 100 points; a shorter curve is smoothed less, or its minimum would lag far behind.
 SMOOTHING = 0.98
 # The loss "blows up" once the smoothed loss exceeds this multiple of the best so far: the test
 # stops there, and no rate at or past that point can be chosen.
@@ -48,11 +54,14 @@ class RangeTest:
     rule: str
     diverged_at: float | None    # the first rate whose smoothed loss blew up; None if none did
     seconds: float
+    samples: int = 0             # what the test trained on
+    job_samples: int = 0         # what the job trains on (the test's budget is a share of it)
 
     def as_event_data(self) -> dict[str, Any]:
         return {"lrs": self.lrs, "losses": self.losses, "raw_losses": self.raw_losses,
                 "chosen": self.chosen, "rule": self.rule, "diverged_at": self.diverged_at,
-                "steps": len(self.lrs), "seconds": self.seconds}
+                "steps": len(self.lrs), "samples": self.samples, "job_samples": self.job_samples,
+                "seconds": self.seconds}
 
 
 def smooth(losses: Sequence[float], beta: float = SMOOTHING) -> list[float]:
@@ -83,14 +92,24 @@ def choose_learning_rate(lrs: Sequence[float], smoothed: Sequence[float]) -> tup
     return max(lrs[at] / 10.0, lrs[0]), RULE
 
 
-def run(trainer: Trainer, max_steps: int = MAX_STEPS, lr_start: float = LR_START,
+def smoothing_for(steps: int) -> float:
+    return min(SMOOTHING, 1 - 4 / max(steps, 8))
+
+
+def budget_steps(job_samples: int, micro: int, max_steps: int = MAX_STEPS) -> int:
+    return max(MIN_STEPS, min(max_steps, math.floor(BUDGET_FRACTION * job_samples / micro)))
+
+
+def run(trainer: Trainer, job_samples: int, max_steps: int = MAX_STEPS, lr_start: float = LR_START,
         lr_end: float = LR_END) -> RangeTest:
-    """The range test on the trainer's model at its chosen micro-batch; leaves no trace on the
-    model, its gradients or the RNG streams."""
+    """The range test on the trainer's model, in micro-batches no larger than the chosen one;
+    leaves no trace on the model, its gradients or the RNG streams. `job_samples`: the samples the
+    job will train on, which bounds the test's cost."""
     task, model, config = trainer.task, trainer.model, trainer.config
     examples = task.train_examples
-    micro = trainer.state.micro_batch_size
-    steps = max(MIN_STEPS, min(max_steps, math.ceil(len(examples) / micro)))
+    micro = min(trainer.state.micro_batch_size, RANGE_BATCH)
+    steps = budget_steps(job_samples, micro, max_steps)
+    beta = smoothing_for(steps)
     started = time.perf_counter()
     rng = capture_rng()
     # Only what training changes is saved: the trainable weights (a LoRA run: only the adapters)
@@ -127,7 +146,7 @@ def run(trainer: Trainer, max_steps: int = MAX_STEPS, lr_start: float = LR_START
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             value = float(loss.detach())
-            curve = smooth([*raw, value])[-1] if math.isfinite(value) else math.inf
+            curve = smooth([*raw, value], beta)[-1] if math.isfinite(value) else math.inf
             best = min(smoothed, default=math.inf)
             if not math.isfinite(curve) or (smoothed and curve > DIVERGENCE_FACTOR * best):
                 diverged_at = lr
@@ -150,4 +169,5 @@ def run(trainer: Trainer, max_steps: int = MAX_STEPS, lr_start: float = LR_START
         lrs, raw, smoothed = [lr_start], [math.inf], [math.inf]
     chosen, rule = choose_learning_rate(lrs, smoothed)
     return RangeTest(lrs=lrs, losses=smoothed, raw_losses=raw, chosen=chosen, rule=rule,
-                     diverged_at=diverged_at, seconds=time.perf_counter() - started)
+                     diverged_at=diverged_at, seconds=time.perf_counter() - started,
+                     samples=len(raw) * micro, job_samples=job_samples)

@@ -26,6 +26,8 @@ def test_the_rule_is_the_minimum_over_ten_and_stays_below_the_blow_up() -> None:
     losses = [2.0 - (1.5 if lrs[i] > 1e-4 else 0.0) * min(1.0, (i - 30) / 15) if i > 30 else 2.0
               for i in range(60)]                                    # falls from 1e-4, lowest at the end
     smoothed = lr_range.smooth(losses)
+    assert lr_range.budget_steps(6000, 16) == 18  # the 2,000 rows x 3 epochs: 4.8%
+    assert lr_range.budget_steps(10**6, 16) == lr_range.MAX_STEPS
     chosen, rule = lr_range.choose_learning_rate(lrs, smoothed)
     at = min(range(60), key=lambda i: smoothed[i])
     assert rule == "minimum/10" and chosen == pytest.approx(lrs[at] / 10)
@@ -44,7 +46,7 @@ def test_a_too_high_rate_is_never_chosen_and_the_model_is_left_as_it_was(
     task = build_task(dataset_dir, dropout_model_dir, config)
     trainer, _ = setup(task, config, tmp_path / "checkpoints", RecordingSink())
     before, rng_before = weights(trainer.model), capture_rng()
-    test = lr_range.run(trainer, max_steps=60, lr_end=1e3)
+    test = lr_range.run(trainer, job_samples=100_000, max_steps=60, lr_end=1e3)
     assert test.diverged_at is not None, "the loss never blew up on the way to 1e3"
     assert len(test.lrs) == len(test.losses) == len(test.raw_losses) >= 5
     assert test.lrs == sorted(test.lrs) and test.lrs[-1] < test.diverged_at
@@ -70,8 +72,9 @@ def test_auto_trains_at_the_chosen_rate_exactly_as_a_run_given_that_rate(
     result = run_training(task, config, tmp_path / "auto", sink)
     (test,) = sink.events_of("lr_range_test")
     assert sink.kinds()[:3] == ["batch_probe", "lr_range_test", "started"]
-    # 72 rows at micro-batch 4: one pass is 18 micro-batches, so the minimum of 20 applies.
+    # 72 rows x 2 epochs: 5% of it is 2 micro-batches of 4, so the minimum applies.
     assert test["steps"] == len(test["lrs"]) == len(test["losses"]) == lr_range.MIN_STEPS
+    assert (test["samples"], test["job_samples"]) == (lr_range.MIN_STEPS * 4, 144)
     assert test["rule"] == "minimum/10" and test["lrs"][0] == lr_range.LR_START
     chosen = test["chosen"]
     assert lr_range.LR_START <= chosen < 1.0
