@@ -15,7 +15,7 @@ from core import search
 from core.db import session_scope
 from core.settings import get_settings
 from core.tables import Job
-from tests.integration.conftest import upload, write_sentiment_csv
+from tests.integration.conftest import upload, wait_until, write_sentiment_csv
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,14 @@ SEARCH = {"space": {"learning_rate": [5e-3, 1e-9], "warmup_ratio": {"low": 0.0, 
           "trials": 4, "sampler": "random", "pruner": "median", "parallel": 2}
 
 
-def _wait(client: Any, experiment_id: str, workers: list[Any], timeout_s: float = 400) -> dict[str, Any]:
+def _wait(client: Any, experiment_id: str, workers: list[Any], timeout_s: float = 400,
+          trials: int = SEARCH["trials"]) -> dict[str, Any]:  # type: ignore[assignment]
     deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         body = client.get(f"/experiments/{experiment_id}").json()
         done = [j for j in body["jobs"] if j["state"] not in {"queued", "running"}]
-        if len(done) == SEARCH["trials"]:
+        if len(done) == trials:
             return body
         assert sum(j["state"] in {"queued", "running"} for j in body["jobs"]) <= SEARCH["parallel"]
         time.sleep(0.5)
@@ -90,3 +91,45 @@ def test_a_search_of_four_trials_on_two_workers_prunes_the_weak_one(stack: Any, 
     assert rec["validation"] == best["validation"]["loss"]
     assert rec["tfidf_validation"] is not None and rec["margin_over_tfidf"] == pytest.approx(
         rec["tfidf_validation"] - rec["validation"])
+
+
+SLOW = {"fault_step_delay_s": 0.3, "job_lease_s": 3, "heartbeat_interval_s": 0.5}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_trial_whose_worker_is_sigkilled_resumes_and_is_counted_once(stack: Any, tmp_path: Path,
+                                                                       tiny_encoder_dir: Path) -> None:
+    client, start_worker = stack(**SLOW)
+    dataset = upload(client, write_sentiment_csv(tmp_path / "sentiment.csv"))
+    first = start_worker()
+    resp = client.post("/experiments", json={
+        "dataset_id": dataset["id"], "base_models": [str(tiny_encoder_dir)],
+        "hyperparameters": BASE | {"epochs": 3},
+        "search": {"space": {"warmup_ratio": {"low": 0.0, "high": 0.1}, "learning_rate": [5e-3]},
+                   "trials": 2, "sampler": "random", "pruner": "none", "parallel": 1}})
+    assert resp.status_code == 201, resp.text
+    experiment_id = resp.json()["id"]
+    (trial_job,) = [j["job_id"] for j in resp.json()["jobs"]]
+
+    def checkpoints() -> list[int]:
+        return [c["step"] for c in client.get(f"/jobs/{trial_job}/checkpoints").json()]
+
+    saved = wait_until(lambda: max(checkpoints(), default=0), timeout_s=120, what="a checkpoint")
+    wait_until(lambda: client.get(f"/jobs/{trial_job}").json()["step"] > saved + 1, what="steps past it")
+    first.kill()
+    second = start_worker()
+    body = _wait(client, experiment_id, [first, second], trials=2)
+
+    job = client.get(f"/jobs/{trial_job}").json()
+    assert job["state"] == "succeeded" and job["attempts"] == 2
+    events = [e["kind"] for e in client.get(f"/jobs/{trial_job}/events").json()]
+    assert "resumed" in events
+    study = optuna.load_study(study_name=search.study_name(experiment_id),
+                              storage=search.storage(get_settings().database_url))
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # two trials, each told once
+    # Every evaluation of the killed trial is in the study once, and its value is the job's best.
+    evals = client.get(f"/jobs/{trial_job}/metrics").json()["eval"]
+    assert sorted(trials[0].intermediate_values) == [p["step"] for p in evals]
+    assert trials[0].value == pytest.approx(job["best_metric"])
+    assert body["search"]["trials"] == {"complete": 2}
