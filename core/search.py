@@ -94,7 +94,7 @@ def validate_against(spec: SearchSpec, shared: dict[str, Any]) -> str | None:
         for value in values:
             if name in INTEGER and isinstance(value, float) and not value.is_integer():
                 return f"search.space.{name}: {value} is not a whole number"
-            if name in INTEGER:
+            if name in INTEGER and isinstance(value, float):
                 value = int(value)
             try:
                 Hyperparameters.model_validate({**shared, name: value})

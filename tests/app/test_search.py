@@ -31,6 +31,9 @@ def _counts() -> tuple[int, int]:
     ({"space": {"seed": [1, 2]}}, "cannot be searched"),
     ({"space": {"learning_rate": {"low": 1e-5, "high": 5.0}}}, "search.space.learning_rate: 5.0"),
     ({"space": {"lora_r": [8, 0]}}, "search.space.lora_r: 0"),
+    ({"space": {"lora_r": [8, "big"]}}, "search.space.lora_r: 'big'"),
+    ({"space": {"lora_r": {"low": 4, "high": 8.5}}}, "8.5 is not a whole number"),
+    ({"space": {"lr_scheduler": {"low": 0, "high": 1}}}, "search.space.lr_scheduler"),
     ({"space": {"epochs": [1, 2]}, "sampler": "grid", "pruner": "none", "trials": 2} | {
         "space": {"epochs": [1, 2], "warmup_ratio": {"low": 0.0, "high": 0.2}}}, "grid sampler needs a list"),
     ({"space": {"epochs": [1]}, "sampler": "annealing"}, "sampler"),
