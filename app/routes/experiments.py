@@ -105,6 +105,11 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
             if problem:
                 raise HTTPException(422, f"{problem}{f' (for {name!r})' if len(names) > 1 else ''}; "
                                          "fix the range or the values listed.")
+        chat_only = sorted(set(catalogue.CHAT_ONLY_FIELDS) & set(spec.space))
+        if chat_only and dataset.task != "chat":
+            raise HTTPException(422, f"search.space names {chat_only}, which apply to chat jobs only; "
+                                     f"dataset {dataset.id} is {dataset.task} (classifiers are fully "
+                                     "fine-tuned).")
     adds = len(names) if spec is None else spec.parallel
     active = jobs_crud.count_active_jobs(session, tenant_id=principal.tenant_id)
     if active + adds > settings.max_active_jobs_per_key:
