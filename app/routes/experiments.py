@@ -244,6 +244,12 @@ def cancel_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
     """Cancel every job of the experiment still queued (at once) or running (within one step)."""
     experiment = _get_experiment_or_404(session, principal, experiment_id)
     jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
+    if experiment.search is not None and any(job.state in ACTIVE_STATES for job in jobs):
+        # First, so that no worker ending a trial queues another (it reads the flag under a lock
+        # on this row); then the trials queued until now are all in the list.
+        experiment.cancel_requested = True
+        session.commit()
+        jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
     touched = 0
     for job in jobs:
         if jobstate.cancel_queued(session, job_id=job.id):

@@ -81,7 +81,11 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
     assert set(rows[0]["search_parameters"]) == {"learning_rate", "epochs", "weight_decay"}
 
     # Deleting the (cancelled) search removes its study too.
-    assert client.post(f"/experiments/{body['id']}/cancel").status_code == 200
+    cancelled = client.post(f"/experiments/{body['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert [j["state"] for j in cancelled.json()["jobs"]] == ["cancelled", "cancelled"]
+    with session_scope() as session:  # a worker ending a trial now queues no other
+        assert search.queue_trials(session, settings.database_url, body["id"]) == []
     assert client.delete(f"/experiments/{body['id']}").status_code == 204
     with pytest.raises(KeyError):
         optuna.load_study(study_name=search.study_name(body["id"]),
