@@ -45,6 +45,11 @@ def job_rows(experiment: Experiment, jobs: Sequence[Job]) -> list[ExperimentJobP
 
 def _name(experiment: Experiment, job: Job) -> str:
     """The base model as the user named it in the experiment (a job records a resolved path)."""
+    if experiment.search is not None:
+        for name, (base_model, _) in experiment.search["resolved"].items():
+            if base_model == job.base_model:
+                return str(name)
+        return job.base_model
     if job.id in experiment.job_ids:
         return str(experiment.base_models[experiment.job_ids.index(job.id)])
     return job.base_model
@@ -99,6 +104,9 @@ def leaderboard(experiment: Experiment, jobs: Sequence[Job], points: Sequence[Me
             samples_per_second=fmean(speeds) if speeds else None, peak_memory_mb=job.peak_memory_mb,
             parameters=comparison.get("parameters"),
             fit=evals[-1].values.get("fit") if evals else None,
+            trial=job.search_trial,
+            search_parameters={k: job.hyperparameters.get(k) for k in experiment.search["space"]
+                               if k in job.hyperparameters} if experiment.search is not None else None,
         ))
         if baselines is None and comparison.get("baselines"):
             baselines = {"job_id": job.id, "about": comparison["baselines"],

@@ -97,7 +97,10 @@ class Hyperparameters(JsonTypes):
         None, ge=1, le=MAX_INT32,
         description="Stop after this many optimizer steps (overrides epochs when set).",
     )
-    learning_rate: float = Field(2e-5, gt=0, le=1.0)
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] | Literal["auto"] = Field(
+        2e-5, description='The peak learning rate, or "auto": chosen before training by a learning-rate '
+        "range test (the lr_range_test event holds its curve; the job's learning_rate field the rate).",
+    )
     batch_size: int = Field(
         32, ge=1, le=4096,
         description="The effective batch: samples per optimizer step. The service picks the "

@@ -106,6 +106,8 @@ class Job(Base):
     base_model_id: Mapped[str | None] = mapped_column(String(40), index=True)
     # The experiment this job is one model of (POST /experiments); None for a job on its own.
     experiment_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # A search experiment's trial: the Optuna trial number this job is (core/search.py).
+    search_trial: Mapped[int | None] = mapped_column(Integer)
     task: Mapped[str] = mapped_column(String(32))
     # A JobState value (core/jobstate.py, which makes every change to it).
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
@@ -132,6 +134,8 @@ class Job(Base):
     # memory, the chosen quantization, optimizer and checkpointing, and why); a resumed attempt
     # keeps its choices, which its checkpoints were trained with.
     memory_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # learning_rate "auto": the rate the range test chose (its curve is the lr_range_test event).
+    chosen_learning_rate: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
@@ -245,5 +249,8 @@ class Experiment(Base):
     overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # What the leaderboard ranks by and the recommendation names (the jobs' metric_for_best_model).
     primary_metric: Mapped[str] = mapped_column(String(64))
+    # A search experiment (None: one job per base model): its space, sampler, pruner, trials and
+    # parallelism as validated; the Optuna study of the same name is in Optuna's tables.
+    search: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)

@@ -20,6 +20,7 @@ from worker.job import stop
 from worker.job.claim import LeaseKeeper, attempt_number, claim_job, new_attempt_token
 from worker.job.errors import classify
 from worker.job.outcome import record_final_state, retain_checkpoints
+from worker.job.search import trial_ended
 from worker.job.sink import SqlSink
 from worker.job.tensorboard import TENSORBOARD_DIRNAME
 
@@ -73,7 +74,8 @@ def train(job_id: str) -> None:
             return
         retain_checkpoints(job_id, outcome)
     stop.done()
-    record_final_state(job_id, token, outcome, **fields)
+    if record_final_state(job_id, token, outcome, **fields):
+        trial_ended(job_id)  # a search's trial: tell the study, queue the next trials
 
 
 def _claim_message(claim: str, token: str, checkpoints: Path) -> str:

@@ -20,10 +20,11 @@ from app.deps import Authenticated, PrincipalDep, RemovalDep, SessionDep, Settin
 from app.removal import ModelInUse, jobs_training_from
 from app.schemas.common import IdQuery, Limit, Offset, errors
 from app.schemas.experiments import ExperimentCreate, ExperimentIdPath, ExperimentPublic, ExperimentsPublic
-from core import catalogue, jobstate
+from core import catalogue, jobstate, search
 from core.jobspec import Hyperparameters
 from core.jobstate import ACTIVE_STATES
 from core.queue import TRAIN_TASK, enqueue
+from core.settings import get_settings
 from core.tables import Dataset, Experiment, Job
 
 log = logging.getLogger("tuneserve.api.experiments")
@@ -97,10 +98,23 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         resolved = {name: resolve_base_model(session, settings, principal, name) for name in names}
     except UnusableBaseModel as exc:
         raise HTTPException(422, str(exc)) from exc
+    spec = experiment_in.search
+    if spec is not None:
+        for name, hp in per_model.items():
+            problem = search.validate_against(spec, hp.model_dump(mode="json"))
+            if problem:
+                raise HTTPException(422, f"{problem}{f' (for {name!r})' if len(names) > 1 else ''}; "
+                                         "fix the range or the values listed.")
+        chat_only = sorted(set(catalogue.CHAT_ONLY_FIELDS) & set(spec.space))
+        if chat_only and dataset.task != "chat":
+            raise HTTPException(422, f"search.space names {chat_only}, which apply to chat jobs only; "
+                                     f"dataset {dataset.id} is {dataset.task} (classifiers are fully "
+                                     "fine-tuned).")
+    adds = len(names) if spec is None else spec.parallel
     active = jobs_crud.count_active_jobs(session, tenant_id=principal.tenant_id)
-    if active + len(names) > settings.max_active_jobs_per_key:
+    if active + adds > settings.max_active_jobs_per_key:
         raise HTTPException(429, f"this key has {active} queued or running jobs and the experiment adds "
-                                 f"{len(names)}; the limit is {settings.max_active_jobs_per_key} "
+                                 f"{adds}; the limit is {settings.max_active_jobs_per_key} "
                                  "(TUNESERVE_MAX_ACTIVE_JOBS_PER_KEY): wait for jobs to finish, then retry",
                             headers={"Retry-After": "60"})
 
@@ -114,6 +128,8 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
         "primary_metric": catalogue.with_job_defaults(experiment_in.hyperparameters,
                                             dataset.task).metric_for_best_model,
     })
+    if spec is not None:
+        return _start_search(session, settings.database_url, experiment, spec, per_model, resolved)
     jobs: list[Job] = []
     for name in names:
         base_model, base_model_id = resolved[name]
@@ -127,6 +143,27 @@ def create_experiment(experiment_in: ExperimentCreate, session: SessionDep, sett
     session.commit()
     _enqueue_all(session, experiment, jobs)
     return _public(session, experiment, detailed=True)
+
+
+def _start_search(session: Session, database_url: str, experiment: Experiment, spec: search.SearchSpec,
+                  per_model: dict[str, Hyperparameters],
+                  resolved: dict[str, tuple[str, str | None]]) -> ExperimentPublic:
+    """The study's first `parallel` trials as jobs; the worker that ends a trial asks for the next."""
+    space = spec.model_dump(mode="json")["space"]
+    if len(experiment.base_models) > 1:
+        space[search.BASE_MODEL] = list(experiment.base_models)
+    experiment.search = {
+        **spec.model_dump(mode="json"), "space": space,
+        "greater_is_better": catalogue.greater_is_better(experiment.task, experiment.primary_metric),
+        "resolved": {name: list(value) for name, value in resolved.items()},
+        "per_model": {name: hp.model_dump(mode="json") for name, hp in per_model.items()},
+    }
+    session.commit()
+    job_ids = search.queue_trials(session, database_url, experiment.id)
+    session.commit()
+    jobs = [job for job in (session.get(Job, job_id) for job_id in job_ids) if job is not None]
+    _enqueue_all(session, experiment, jobs)
+    return _public(session, experiment, detailed=True, database_url=database_url)
 
 
 def _enqueue_all(session: Session, experiment: Experiment, jobs: list[Job]) -> None:
@@ -150,7 +187,7 @@ def _enqueue_all(session: Session, experiment: Experiment, jobs: list[Job]) -> N
 
 
 def _public(session: Session, experiment: Experiment, *, detailed: bool,
-            jobs: list[Job] | None = None) -> ExperimentPublic:
+            jobs: list[Job] | None = None, database_url: str | None = None) -> ExperimentPublic:
     if jobs is None:
         jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
     metric = experiment.primary_metric
@@ -171,6 +208,11 @@ def _public(session: Session, experiment: Experiment, *, detailed: bool,
         final = state not in ACTIVE_STATES
         out.update(leaderboard=rows, baselines=baselines,
                    recommendation=board.recommend(rows, metric, greater, final))
+    if experiment.search is not None:
+        shown = {k: experiment.search[k] for k in ("space", "trials", "sampler", "pruner", "parallel")}
+        if detailed and database_url:
+            shown.update(search.summary(database_url, experiment))
+        out["search"] = shown
     return ExperimentPublic.model_validate(out)
 
 
@@ -188,12 +230,12 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=ExperimentPublic)
-def read_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
+def read_experiment(experiment_id: ExperimentIdPath, session: SessionDep, settings: SettingsDep,
                     principal: PrincipalDep) -> ExperimentPublic:
     """One experiment: each job's state and progress, the leaderboard with the baselines, and the
     recommended model."""
     experiment = _get_experiment_or_404(session, principal, experiment_id)
-    return _public(session, experiment, detailed=True)
+    return _public(session, experiment, detailed=True, database_url=settings.database_url)
 
 
 @router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
@@ -202,6 +244,12 @@ def cancel_experiment(experiment_id: ExperimentIdPath, session: SessionDep,
     """Cancel every job of the experiment still queued (at once) or running (within one step)."""
     experiment = _get_experiment_or_404(session, principal, experiment_id)
     jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
+    if experiment.search is not None and any(job.state in ACTIVE_STATES for job in jobs):
+        # First, so that no worker ending a trial queues another (it reads the flag under a lock
+        # on this row); then the trials queued until now are all in the list.
+        experiment.cancel_requested = True
+        session.commit()
+        jobs = crud.jobs_of(session, experiments=[experiment])[experiment.id]
     touched = 0
     for job in jobs:
         if jobstate.cancel_queued(session, job_id=job.id):
@@ -260,5 +308,7 @@ def _experiment_and_jobs(session: Session, principal: Principal,
 
 
 def _delete_experiment_row(session: Session, experiment: Experiment) -> None:
+    if experiment.search is not None:
+        search.delete_study(get_settings().database_url, experiment.id)
     crud.delete_experiment(session, experiment=experiment)
     session.commit()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from app.schemas.common import CleanStr, Id, JsonTypes, id_path
 from core.jobspec import Hyperparameters
 from core.jobstate import JobState
+from core.search import SearchSpec
 
 ExperimentState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ExperimentIdPath = Annotated[str, id_path("experiment")]
@@ -36,6 +37,10 @@ class ExperimentCreate(JsonTypes):
         "ones for that model only, e.g. a smaller learning rate for a large model. `seed` cannot be "
         "overridden: every model sees the same data order.",
     )
+    search: SearchSpec | None = Field(
+        None, description="A search: `trials` jobs whose hyperparameters an Optuna study (in the service's "
+        "database) draws from `space` (with several base_models, the base model is one more choice), "
+        "pruning weak trials at their evaluations; up to `parallel` run at once.")
 
 
 class ExperimentJobPublic(BaseModel):
@@ -67,6 +72,9 @@ class LeaderboardRow(BaseModel):
     peak_memory_mb: float | None = None
     parameters: int | None = None
     fit: str | None = Field(None, description="Fit diagnosis at the last evaluation.")
+    trial: int | None = Field(None, description="A search's trial number (Optuna's).")
+    search_parameters: dict[str, Any] | None = Field(
+        None, description="A search trial's values of the searched hyperparameters.")
 
 
 class Recommendation(BaseModel):
@@ -103,6 +111,9 @@ class ExperimentPublic(BaseModel):
     baselines: dict[str, Any] | None = Field(
         None, description="What the baselines are, how long they took, and their figures per split.")
     recommendation: Recommendation | None = None
+    search: dict[str, Any] | None = Field(
+        None, description="A search experiment: its spec, and (GET one) the study's trials by state, each "
+        "parameter's importance once two trials completed, and the (parameters, value) points.")
 
 
 class ExperimentsPublic(BaseModel):

@@ -47,6 +47,9 @@ class JobPublic(BaseModel):
     best_metric_name: str | None
     best_metric: float | None
     hyperparameters: dict[str, Any]
+    chosen_learning_rate: float | None = Field(
+        None, description='learning_rate "auto": the rate the range test chose, which the job trains '
+        "at (the lr_range_test event holds the curve).")
     error: str | None
     error_kind: Literal["data", "environment", "bug"] | None = Field(
         None, description="Whose fault a failure was: the data or job settings, the environment "

@@ -36,6 +36,15 @@ def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
     assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
     events = client.get(f"/jobs/{job['id']}/events").json()
     assert [e["kind"] for e in events] == ["queued"]
+    assert job["chosen_learning_rate"] is None
+
+
+def test_learning_rate_auto_is_accepted_and_kept_as_asked(client: Any) -> None:
+    resp = client.post("/jobs", json={"dataset_id": dataset_row(),
+                                      "hyperparameters": {"learning_rate": "auto"}})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["hyperparameters"]["learning_rate"] == "auto"
+    assert resp.json()["chosen_learning_rate"] is None  # until the worker's range test chooses it
 
 
 @pytest.mark.parametrize(
@@ -44,6 +53,7 @@ def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
         ({"dataset_id": "ds_missing"}, 404, "No dataset with id 'ds_missing'"),
         ({"hyperparameters": {"batch_size": 0}}, 422, "batch_size"),
         ({"hyperparameters": {"learning_rate": -1}}, 422, "learning_rate"),
+        ({"hyperparameters": {"learning_rate": "fast"}}, 422, "Input should be 'auto'"),
         ({"hyperparameters": {"lr_scheduler": "exotic"}}, 422, "lr_scheduler"),
         ({"hyperparameters": {"batch_size": 32, "micro_batch_size": 5}}, 422, "must divide batch_size"),
         ({"hyperparameters": {"eval_strategy": "steps"}}, 422, "needs eval_steps"),

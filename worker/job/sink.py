@@ -17,6 +17,7 @@ from core.events import add_event, json_safe
 from core.jobstate import JobState
 from core.tables import Checkpoint, Job, MetricPoint
 from worker.job.claim import LeaseKeeper
+from worker.job.search import Trial
 from worker.job.stop import stop_requested
 from worker.job.tensorboard import TensorBoardLog
 
@@ -48,10 +49,17 @@ class SqlSink:
         # Metric points are also written as TensorBoard scalars when a directory is given.
         self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir is not None else None
         self._last_values: dict[str, Any] = {}
+        # A search experiment's trial: its evaluations go to the study, which may prune it.
+        self.trial = Trial.of_job(job_id)
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         log.info("job %s: %s: %s", self.job_id, kind, message)
         add_event(self.job_id, kind, message, data)
+        if kind == "lr_range_test" and data and "chosen" in data:
+            chosen = float(data["chosen"])
+            write_with_retry(lambda session: session.execute(
+                update(Job).where(Job.id == self.job_id).values(chosen_learning_rate=chosen)),
+                what=f"job {self.job_id}: chosen learning rate")
         if kind == "resumed" and data and "step" in data:
             self._resumed = True
             self._rewind_to(int(data["step"]))
@@ -92,6 +100,10 @@ class SqlSink:
 
     def eval_point(self, step: int, epoch: float, values: dict[str, Any]) -> None:
         self._point("eval", step, epoch, values)
+        if self.trial is not None:
+            pruned = self.trial.report(step, values)
+            if pruned:
+                self.event("pruned", pruned, {"step": step, "trial": self.trial.number})
 
     def checkpoint_saved(self, step: int, epoch: float, metrics: dict[str, Any], path: Path,
                          is_best: bool) -> None:
@@ -136,6 +148,8 @@ class SqlSink:
         (one primary-key read, well under a millisecond next to a step's tens of milliseconds
         at least), so it is seen at the next step, not at the next heartbeat."""
         if self.lease.cancel_requested.is_set() or self.lease.lease_lost.is_set() or stop_requested():
+            return True
+        if self.trial is not None and self.trial.pruned:
             return True
         now = time.monotonic()
         if now - self._last_cancel_check < self.cancel_check_interval_s:

@@ -24,7 +24,9 @@ class TrainConfig:
     # --- from the job's hyperparameters --------------------------------------------------
     epochs: float = 3.0                    # passes over the training split (may be fractional)
     max_steps: int | None = None           # optimizer steps; overrides epochs when set
-    learning_rate: float = 2e-5            # peak learning rate, after warmup
+    # Peak learning rate, after warmup; "auto": chosen by a range test before training
+    # (lr_range.py), and the chosen number replaces "auto" here, so checkpoints carry it.
+    learning_rate: float | str = 2e-5
     batch_size: int = 32                   # the EFFECTIVE batch: samples per optimizer step
     micro_batch_size: int | None = None    # forced micro-batch (skips the probe); must divide batch_size
     eval_batch_size: int | None = None     # None: start at 2x the micro-batch, shrink on OOM

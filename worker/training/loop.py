@@ -22,7 +22,9 @@ The task (worker/families/<name>/) supplies the model, tokenized examples, colla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from worker.training import faults
+from worker.training import faults, lr_range
 from worker.training.checkpoints import (
     CHECKPOINT_PREFIX,
     newest_resumable,
@@ -123,7 +125,8 @@ def setup(task: TrainingTask, config: TrainConfig, checkpoints_root: Path,
     examples = task.train_examples
     per_epoch = steps_per_epoch(len(examples), config.batch_size)
     total_steps = total_optimizer_steps(config, len(examples))
-    optimizer = build_optimizer(model, config, device)
+    auto_lr = config.learning_rate == "auto" and resumable is None  # a resume keeps its chosen rate
+    optimizer = build_optimizer(model, config, device, lr=lr_range.LR_START if auto_lr else None)
     trainer = Trainer(task=task, config=config, sink=sink, model=model, device=device,
                       autocast_dtype=autocast_dtype, state=LoopState(),
                       scaler=torch.amp.GradScaler(device.type, enabled=use_scaler), optimizer=optimizer,
@@ -134,6 +137,8 @@ def setup(task: TrainingTask, config: TrainConfig, checkpoints_root: Path,
         restore(trainer, resumable[1], resumable[0], per_epoch)
     else:
         trainer.choose_micro_batch(examples)
+        if auto_lr:
+            choose_learning_rate(trainer, total_steps, len(examples))
 
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
     sink.event("started", f"Training {task.model_name} on {device} ({precision}): {len(examples)} "
@@ -147,6 +152,26 @@ def setup(task: TrainingTask, config: TrainConfig, checkpoints_root: Path,
               resumed_from_step=trainer.state.global_step if resumable is not None else None,
               last_checkpoint=resumable[0] if resumable is not None else None)
     return trainer, run
+
+
+def choose_learning_rate(trainer: Trainer, total_steps: int, train_rows: int) -> None:
+    """learning_rate "auto": the range test at the chosen micro-batch, then the optimizer and the
+    schedule rebuilt at the rate it picked (the test's own optimizer is thrown away)."""
+    # What the job trains on: the cost of the test is bounded by a share of it.
+    job_samples = min(total_steps * trainer.config.batch_size,
+                      math.ceil(total_steps / max(1, steps_per_epoch(train_rows, trainer.config.batch_size)))
+                      * train_rows)
+    test = lr_range.run(trainer, job_samples)
+    trainer.config = dataclasses.replace(trainer.config, learning_rate=test.chosen)
+    trainer.optimizer = build_optimizer(trainer.model, trainer.config, trainer.device)
+    trainer.scheduler = build_scheduler(trainer.optimizer, trainer.config, total_steps)
+    blew_up = (f"; the loss blew up at {test.diverged_at:.2e}" if test.diverged_at is not None
+               else "")
+    trainer.sink.event(
+        "lr_range_test",
+        f"Learning rate {test.chosen:.2e} chosen by a range test ({len(test.lrs)} micro-batches, "
+        f"{test.lrs[0]:.0e} to {test.lrs[-1]:.2e}{blew_up}; rule {test.rule}) in {test.seconds:.1f} s.",
+        test.as_event_data())
 
 
 def check_trainable(task: TrainingTask, config: TrainConfig) -> None:

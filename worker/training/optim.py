@@ -9,8 +9,13 @@ import torch
 from worker.training.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                    lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW at the job's rate, or at `lr` (the range test sets its own rate at every step)."""
+    if lr is None:
+        if not isinstance(config.learning_rate, float | int):
+            raise ValueError(f"learning_rate {config.learning_rate!r} must be resolved to a number first")
+        lr = float(config.learning_rate)
     params = [p for p in model.parameters() if p.requires_grad]
     # Biases and norm weights (1-d) are not decayed, as in BERT's recipe and the HF Trainer.
     groups = [
@@ -23,10 +28,10 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig,
         # instead of failing the step.
         import bitsandbytes as bnb
 
-        return bnb.optim.PagedAdamW8bit(groups, lr=config.learning_rate)  # type: ignore[no-any-return]
+        return bnb.optim.PagedAdamW8bit(groups, lr=lr)  # type: ignore[no-any-return]
     # Fused AdamW: one kernel over all tensors instead of one small op per tensor. On a 2-core
     # CPU it made the MiniLM step 82 ms -> 14 ms (bench/train_bench.py profile); CUDA likewise.
-    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=device.type in {"cuda", "cpu"})
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type in {"cuda", "cpu"})
 
 
 # The job's lr_scheduler names, and transformers' schedule each one is (every one warms up first).

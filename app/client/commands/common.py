@@ -108,11 +108,20 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return values
 
 
+def _number_or_word(value: str) -> float | str:
+    """--learning-rate 3e-5 or --learning-rate auto; the service says what else is wrong."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 # The hyperparameters a command line names most; `--set` reaches every other one.
 _HYPERPARAMETER_OPTIONS = {
     "epochs": Annotated[float | None, typer.Option(help="passes over the training split")],
     "batch_size": Annotated[int | None, typer.Option(help="the effective batch")],
-    "learning_rate": Annotated[float | None, typer.Option(help="the peak learning rate")],
+    "learning_rate": Annotated[str | None, typer.Option(
+        help='the peak learning rate, or "auto": chosen by a range test before training')],
     "max_seq_length": Annotated[int | None, typer.Option(help="tokens per text; longer ones are cut")],
     "set_": Annotated[list[str] | None, typer.Option(
         "--set", help="any other hyperparameter, key=value (repeatable)")],
@@ -139,6 +148,8 @@ def hyperparameter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(**kwargs: Any) -> Any:
         given = {name: kwargs.pop(name) for name in _HYPERPARAMETER_OPTIONS}
         extra = given.pop("set_")
+        if given["learning_rate"] is not None:
+            given["learning_rate"] = _number_or_word(given["learning_rate"])
         hyperparameters = {k: v for k, v in given.items() if v is not None} | parse_set(extra or [])
         return command(**kwargs, hyperparameters=hyperparameters)
 

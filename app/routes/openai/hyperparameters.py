@@ -33,7 +33,9 @@ def default_learning_rate() -> float:
     """The chat family's default learning rate: what a chat job that sets none trains with."""
     from core.catalogue import with_job_defaults
 
-    return with_job_defaults(Hyperparameters(), "chat").learning_rate
+    rate = with_job_defaults(Hyperparameters(), "chat").learning_rate
+    assert isinstance(rate, float)  # the catalogue's chat default is a number, never "auto"
+    return rate
 
 
 def auto_epochs(n_train: int) -> int:

@@ -46,6 +46,12 @@ def test_jobs_and_experiments_take_the_same_hyperparameter_options(client: Any) 
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_learning_rate_auto_from_the_command_line(client: Any) -> None:
+    job = _invoke(client, "jobs", "create", "--dataset", dataset_row(), "--learning-rate", "auto", "--json")
+    assert job["hyperparameters"]["learning_rate"] == "auto"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_bad_set_is_refused_before_anything_is_sent(client: Any) -> None:
     result = CliRunner().invoke(app, ["jobs", "create", "--dataset", dataset_row(), "--set", "epochs"],
                                 obj=client)

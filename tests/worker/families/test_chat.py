@@ -235,3 +235,24 @@ def test_a_quantized_full_fine_tune_is_refused_in_words(tiny_qlora_lm_dir: Path,
     with pytest.raises(TrainingError, match="a full fine-tune cannot"):
         build_chat_task(chat_dataset_dir, str(tiny_qlora_lm_dir),
                         _config(quantization="8bit", finetuning="full"))
+
+
+def test_learning_rate_auto_on_lora_chat_tests_the_adapter_only_and_trains_at_its_choice(
+    tiny_chat_lm_dir: Path, chat_dataset_dir: Path, tmp_path: Path
+) -> None:
+    """The range test goes through the chat task's token loss and restores the adapter (the only
+    weights that train): the run equals one told the chosen rate."""
+    config = _config(learning_rate="auto")
+    task = build_chat_task(chat_dataset_dir, str(tiny_chat_lm_dir), config)
+    sink = RecordingSink()
+    run_training(task, config, tmp_path / "auto", sink)
+    (test,) = sink.events_of("lr_range_test")
+    assert test["steps"] >= 5 and test["lrs"] == sorted(test["lrs"])
+    assert all(math.isfinite(loss) for loss in test["losses"])
+    chosen = test["chosen"]
+    given = _config(learning_rate=chosen)
+    plain = build_chat_task(chat_dataset_dir, str(tiny_chat_lm_dir), given)
+    run_training(plain, given, tmp_path / "given", RecordingSink())
+    adapters = [{k: v.detach().clone() for k, v in t.model.state_dict().items() if "lora_" in k}
+                for t in (task, plain)]
+    assert max_weight_diff(*adapters) < 1e-6

@@ -209,3 +209,11 @@ def test_a_lost_lease_stops_the_loop(settings: Any) -> None:
     sink = _sink(job_id)
     sink.lease.lease_lost.set()
     assert sink.should_stop() and sink.lost_ownership()
+
+
+def test_the_range_tests_choice_is_the_jobs_chosen_learning_rate(settings: Any) -> None:
+    job_id = _running_job()
+    assert _job(job_id).chosen_learning_rate is None
+    _sink(job_id).event("lr_range_test", "Learning rate 3.00e-04 chosen.",
+                        {"lrs": [1e-7, 1e-3], "losses": [1.1, 0.9], "chosen": 3e-4, "rule": "minimum/10"})
+    assert _job(job_id).chosen_learning_rate == 3e-4
