@@ -60,6 +60,30 @@ class Written:
     rows: int
     size_bytes: int
     expected_rows: int | None
+    true_label_column: str | None = None   # the file's own label column, when it has one
+    predicted_column: str | None = None
+
+
+def score_written(path: Path, fmt: str, written: Written) -> dict[str, Any] | None:
+    """Accuracy, macro F1 and the confusion matrix of the written predictions against the file's
+    own labels (scikit-learn), or None when the file had none (or several: multi-label)."""
+    if not written.true_label_column or not written.predicted_column:
+        return None
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    frame = pd.read_json(path, lines=True) if fmt == "jsonl" else pd.read_csv(path, dtype=str,
+                                                                              keep_default_na=False)
+    if written.true_label_column not in frame or written.predicted_column not in frame:
+        return None
+    truth = frame[written.true_label_column].astype(str)
+    predicted = frame[written.predicted_column].astype(str)
+    scored = (truth != "") & (predicted != "")
+    truth, predicted = truth[scored], predicted[scored]
+    labels = sorted(set(truth) | set(predicted))
+    return {"rows": int(scored.sum()), "accuracy": float(accuracy_score(truth, predicted)),
+            "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "labels": labels, "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist()}
 
 
 def format_for(output: Path, fmt: str | None) -> str:
@@ -101,7 +125,16 @@ def predict_file(api: Api, model_id: str, source: Path, output: Path, fmt: str, 
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
-    return Written(rows=counter.rows, size_bytes=size_bytes, expected_rows=expected)
+    return Written(rows=counter.rows, size_bytes=size_bytes, expected_rows=expected,
+                   true_label_column=_header(resp.headers, "X-Tuneserve-True-Label-Column"),
+                   predicted_column=_header(resp.headers, "X-Tuneserve-Label-Column"))
+
+
+def _header(headers: Any, name: str) -> str | None:
+    from urllib.parse import unquote
+
+    raw = headers.get(name)
+    return unquote(raw) if raw else None
 
 
 def _expected_rows(headers: Any) -> int | None:

@@ -111,6 +111,10 @@ async def create_file_prediction(
         return JSONResponse(await _summary(scorer, first, scoring, spec), headers=headers)
     label_name, score_name = output_columns(scoring.table.frame, spec)
     headers |= {"X-Tuneserve-Label-Column": label_name, "X-Tuneserve-Score-Column": score_name}
+    if len(scoring.label_columns) == 1:
+        # The file's own labels: a client can score the rows it receives against them (the CLI
+        # prints accuracy, F1 and the confusion matrix from the file it wrote).
+        headers["X-Tuneserve-True-Label-Column"] = _ascii(scoring.label_columns[0])
     return StreamingResponse(_stream(scorer, first, scoring, spec, fmt), media_type=FORMATS[fmt],
                              headers=headers)
 

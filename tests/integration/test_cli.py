@@ -4,6 +4,7 @@ errors a user meets."""
 
 from __future__ import annotations
 
+import csv
 import json
 import tarfile
 import threading
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from app.cli import app
 from app.client import output as out
 from tests.conftest import FIXTURES
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import wait_until, write_sentiment_csv
 from tests.integration.live_service import LiveService, cli
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,19 @@ def test_read_commands_show_the_finished_job(live: LiveService, finished: dict[s
     assert [p["label"] in {"negative", "positive"} for p in pred["predictions"]] == [True, True]
     pred_table = cli(live, "predict", job["model_id"], "loved it, superb")
     assert pred_table.exit_code == 0 and "loved it, superb" in pred_table.output
+
+    # A whole labelled file: every row scored into a CSV, then scored against its own labels.
+    labelled = write_sentiment_csv(tmp_path / "dev.csv", rows=24)
+    scored_path = tmp_path / "dev.scored.csv"
+    scored = cli(live, "predict", job["model_id"], "--file", str(labelled), "-o", str(scored_path))
+    assert scored.exit_code == 0, scored.output
+    with scored_path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 24 and {"text", "label", "predicted_label", "predicted_score"} <= set(rows[0])
+    accuracy = sum(r["label"] == r["predicted_label"] for r in rows) / len(rows)
+    said = " ".join(scored.output.split())  # rich folds long lines at the terminal's width
+    assert f"wrote 24 scored rows to {scored_path}" in said
+    assert f"accuracy {accuracy:.4f}" in said and "confusion matrix" in said
 
     models = json.loads(cli(live, "models", "list", "--json").output)
     assert job["model_id"] in [m["id"] for m in models["data"]]

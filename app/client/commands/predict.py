@@ -14,7 +14,7 @@ from rich.filesize import decimal
 from app.client import output as out
 from app.client.api import Api
 from app.client.commands.common import JsonOpt, api_of, console, err, fail
-from app.client.predict_file import FORMATS, default_output, format_for, predict_file
+from app.client.predict_file import FORMATS, default_output, format_for, predict_file, score_written
 
 
 def predict(
@@ -70,6 +70,14 @@ def _predict_file(api: Api, model_id: str, source: Path, output: Path | None, fm
     short = (f" (the server announced {written.expected_rows})"
              if written.expected_rows is not None and written.expected_rows != written.rows else "")
     console.print(f"wrote {written.rows} scored rows to {target}{short} ({decimal(written.size_bytes)})")
+    scores = score_written(target, chosen, written)
+    if scores is not None:
+        console.print(f"against the file's {written.true_label_column!r} column, {scores['rows']} rows: "
+                      f"accuracy {scores['accuracy']:.4f}, macro F1 {scores['f1_macro']:.4f}")
+        labels = scores["labels"]
+        console.print(out.table("confusion matrix (rows: true, columns: predicted)", ["true", *labels],
+                                [[label, *row] for label, row in zip(labels, scores["confusion_matrix"],
+                                                                     strict=True)]))
 
 
 def generate(
