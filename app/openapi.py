@@ -30,14 +30,27 @@ def _state_limits(document: dict[str, Any]) -> None:
     for option in generate["max_new_tokens"].get("anyOf", [generate["max_new_tokens"]]):
         if option.get("type") == "integer":
             option["maximum"] = settings.generate_max_new_tokens
-    upload = _component(document, "/datasets", "post", "multipart/form-data")
-    document["paths"]["/datasets"]["post"]["requestBody"]["required"] = True
-    upload["required"] = sorted({*upload.get("required", []), "file"})
-    upload["properties"]["file"] = {"type": "string", "format": "binary",
-                                    "description": "The training data: CSV, TSV, JSON, JSONL or Parquet."}
-    # A form field or a header is text or absent, never JSON null: say "string" alone.
-    for name, schema in upload["properties"].items():
-        upload["properties"][name] = _without_null(schema)
+    for path, what in (("/datasets", "The training data"), ("/predict/file", "The rows to classify")):
+        upload = _component(document, path, "post", "multipart/form-data")
+        document["paths"][path]["post"]["requestBody"]["required"] = True
+        # The route reads these as optional only to answer their absence in its own words.
+        needed = {"file", "model_id"} if path == "/predict/file" else {"file"}
+        upload["required"] = sorted({*upload.get("required", []), *needed})
+        upload["properties"]["file"] = {"type": "string", "format": "binary",
+                                        "description": f"{what}: CSV, TSV, JSON, JSONL or Parquet."}
+        # A form field or a header is text or absent, never JSON null: say "string" alone.
+        for name, schema in upload["properties"].items():
+            upload["properties"][name] = _without_null(schema)
+        if path == "/predict/file":
+            upload["properties"]["model_id"]["minLength"] = 1  # an empty field is no model id
+            upload["properties"]["format"] = {**upload["properties"]["format"], "enum": ["csv", "jsonl"]}
+    # /v1/files reads `purpose` as optional only to answer its absence in OpenAI's words.
+    files = _component(document, "/v1/files", "post", "multipart/form-data")
+    files["required"] = sorted({*files.get("required", []), "purpose", "file"})
+    document["paths"]["/v1/files"]["post"]["requestBody"]["required"] = True
+    files["properties"]["file"] = {"type": "string", "format": "binary",
+                                   "description": "The fine-tune file: JSONL (or CSV, TSV, JSON, Parquet)."}
+    files["properties"]["purpose"] = {**_without_null(files["properties"]["purpose"]), "enum": ["fine-tune"]}
     for methods in document["paths"].values():
         for operation in methods.values():
             for parameter in operation.get("parameters", []):

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/plan", tags=["plan"], dependencies=[Authenticated],
                    responses=errors(401, 413, 422))
 
 
-@router.post("", response_model=MemoryPlanPublic)
+@router.post("", response_model=MemoryPlanPublic, responses=errors(400, 401, 413, 422))
 def create_plan(plan_in: PlanCreate, session: SessionDep, settings: SettingsDep,
                 principal: PrincipalDep) -> dict[str, Any]:
     """The memory plan of a base model on a GPU of the given size: each term, each choice and why."""

@@ -32,7 +32,7 @@ class GenerateRequest(JsonTypes):
         default_factory=list, max_length=8,
         description="The reply ends before the first of these strings (finish_reason stop).")
     seed: int | None = Field(
-        None, ge=0, le=2**63 - 1,
+        None, ge=0, le=2**32 - 1,
         description="Sampling seed: the same seed, prompt and settings give the same reply.")
     stream: bool = Field(False, description="Answer Server-Sent Events, one per decoded piece of text.")
 
