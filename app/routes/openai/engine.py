@@ -10,14 +10,16 @@ strings and seeds are the engine's own, per sequence.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request
 
 from app.routes.generate import submit
 from app.routes.openai.errors import OpenAIError
 from app.serving.generations import Generations, generations
-from core.serving.engine import GenerationParams
+
+if TYPE_CHECKING:  # the engine imports torch: the API loads it on the first reply, not at start
+    from core.serving.engine import GenerationParams
 
 
 def engine(request: Request) -> Generations:
@@ -26,6 +28,8 @@ def engine(request: Request) -> Generations:
 
 def params(max_new_tokens: int, temperature: float, top_p: float, stops: list[str],
            seed: int | None) -> GenerationParams:
+    from core.serving.engine import GenerationParams
+
     return GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             stop=tuple(stops), seed=seed)
 
@@ -34,6 +38,8 @@ async def start(gens: Generations, model_id: str, path: Path, messages: list[dic
                 sampling: GenerationParams, n: int) -> list[Any]:
     """n streams of the reply (core.serving.engine.Stream), queued on the engine together. The
     native 409/422/429 become OpenAI's error object (a long prompt: context_length_exceeded)."""
+    from core.serving.engine import GenerationParams
+
     streams: list[Any] = []
     try:
         for index in range(n):
