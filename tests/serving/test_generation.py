@@ -164,7 +164,9 @@ def test_adapters_of_one_base_share_it_and_each_changes_the_reply(tiny_chat_lm_d
     # Each adapter switched in generates as it does merged into a base of its own.
     texts = {}
     for spec, runtime in ((a, run_a), (b, run_b)):
-        merged = merge_to_directory(spec, tmp_path / f"merged-{spec.model_id}")
+        merged = tmp_path / f"merged-{spec.model_id}"
+        into = merge_to_directory(spec, merged)
+        assert "bf16" not in into  # a full-precision base: merged as it is, not reloaded
         assert not (merged / "adapter_config.json").exists()
         assert store.read_model_meta(merged)["merged_from"] == spec.model_id
         texts[spec.model_id] = _generate(runtime, ids, 8).text
