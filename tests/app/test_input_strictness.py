@@ -38,7 +38,7 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     ("deep.json", b"[" * 3000 + b"]" * 3000, {}, DEPTH_PHRASE),
     ("deep.jsonl", b'{"text": ' + b"[" * 50_000 + b"]" * 50_000 + b', "label": "a"}\n', {}, DEPTH_PHRASE),
     ("deep_cell.csv", b"messages,label\n" + b"[" * 20_000 + b"]" * 20_000 + b",a\n" * 1, {"task": "chat"},
-     "task=chat needs a 'messages' column"),
+     "task=chat needs a chat format"),
     ("same.csv", ROWS.encode(), {"text_column": "label", "label_column": "label"},
      "is named as both text_column and label_column"),
     ("ragged.tsv", b"text\tlabel\na\tb\tc\n" + b"".join(f"x{i}\t{'ab'[i % 2]}\n".encode() for i in range(10)),
