@@ -23,6 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core import store
+
 log = logging.getLogger("tuneserve.telemetry")
 
 HTTP_REQUESTS = Counter(
@@ -137,14 +139,7 @@ class StateCollector(Collector):
     def _disk_used(self, directory: Path) -> float:
         now = time.monotonic()
         if self._disk is None or now - self._disk[0] > self.DISK_SCAN_INTERVAL_S:
-            total = 0
-            if directory.is_dir():
-                for path in directory.rglob("*"):
-                    try:
-                        total += path.stat().st_size if path.is_file() else 0
-                    except OSError:  # removed while walking (checkpoints are pruned)
-                        continue
-            self._disk = (now, float(total))
+            self._disk = (now, float(store.dir_size_bytes(directory)))
         return self._disk[1]
 
 

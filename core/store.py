@@ -141,4 +141,14 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
 
 
 def dir_size_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    """Bytes of the files under `directory` (0 when it is absent). A file or folder removed while
+    it is walked (a worker rotating its checkpoints as the API sums a job's disk) is left out
+    rather than failing the walk."""
+    total = 0
+    for root, _dirs, files in os.walk(directory):  # os.walk skips folders that vanish under it
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -134,6 +134,14 @@ def test_dir_size_counts_every_file_below(tmp_path: Path) -> None:
     assert store.dir_size_bytes(tmp_path / "absent") == 0
 
 
+def test_dir_size_leaves_out_a_file_that_cannot_be_read_rather_than_failing(tmp_path: Path) -> None:
+    """The API sums a job's disk while its worker rotates checkpoints: a file gone mid-walk (here a
+    link to nothing, which stat cannot follow) is left out of the sum, not a 500."""
+    (tmp_path / "kept.bin").write_bytes(b"x" * 5)
+    (tmp_path / "gone").symlink_to(tmp_path / "removed-while-walking")
+    assert store.dir_size_bytes(tmp_path) == 5
+
+
 def test_the_bundled_model_resolves_by_every_name_to_its_directory() -> None:
     path = store.bundled_model_path()
     assert (path / "config.json").is_file()

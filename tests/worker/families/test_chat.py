@@ -237,6 +237,14 @@ def test_a_quantized_full_fine_tune_is_refused_in_words(tiny_qlora_lm_dir: Path,
                         _config(quantization="8bit", finetuning="full"))
 
 
+def test_an_encoder_base_is_refused_in_words_before_its_weights_load(tiny_encoder_dir: Path,
+                                                                     chat_dataset_dir: Path) -> None:
+    """A BERT tokenizer has no end-of-sequence token: a chat job on it says it needs a decoder
+    rather than failing as a bug inside the chat template."""
+    with pytest.raises(TrainingError, match="no end-of-sequence token.*need a decoder"):
+        build_chat_task(chat_dataset_dir, str(tiny_encoder_dir), _config())
+
+
 def test_learning_rate_auto_on_lora_chat_tests_the_adapter_only_and_trains_at_its_choice(
     tiny_chat_lm_dir: Path, chat_dataset_dir: Path, tmp_path: Path
 ) -> None:

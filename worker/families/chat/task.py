@@ -253,6 +253,11 @@ def load_causal_lm(base_model: str, seed: int, quantization: str = "none",
     source = resolve_base_model(base_model)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(source, base_model)
+    if tokenizer.eos_token is None:  # an encoder (BERT, ELECTRA): nothing marks where a reply ends
+        raise TrainingError(f"The tokenizer of {base_model!r} has no end-of-sequence token, so a reply "
+                            "could never end: it is not a chat model. Chat jobs need a decoder such as "
+                            "Llama, Qwen or GPT-2; encoders like BERT or ELECTRA train classification "
+                            "jobs.")
     quantized = quantization in ("8bit", "4bit")
     extra = quantized_load_options(quantization, pick_device(device)) if quantized else {}
     try:
