@@ -67,8 +67,17 @@ def load_conversations(path: Path, rows: int) -> list[list[dict[str, str]]]:
             for q, a in zip(frame["Q"], frame["A"], strict=True)]
 
 
-def build_model(directory: Path, conversations: list[list[dict[str, str]]]) -> None:
+def build_model(directory: Path, conversations: list[list[dict[str, str]]], *, intermediate_size: int = 688,
+                max_position_embeddings: int = 256) -> None:
     """The small Llama and its tokenizer, saved once: both peers load these exact files."""
+    build_small_llama(directory, [m["content"] for c in conversations for m in c],
+                      intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings)
+
+
+def build_small_llama(directory: Path, texts: list[str], *, intermediate_size: int = 688,
+                      max_position_embeddings: int = 256) -> None:
+    """A 4-layer Llama (random weights, seeded) with a byte-level BPE tokenizer of 4,000 tokens
+    trained on `texts` and the ChatML-style TEMPLATE: the model every chat benchmark measures."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -76,7 +85,7 @@ def build_model(directory: Path, conversations: list[list[dict[str, str]]]) -> N
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([m["content"] for c in conversations for m in c] + ["user assistant"],
+    tok.train_from_iterator([*texts, "user assistant"],
                             trainers.BpeTrainer(vocab_size=4000, special_tokens=[
                                 "<unk>", "<s>", "<|im_end|>", "<pad>", "<|im_start|>"],
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
@@ -85,9 +94,9 @@ def build_model(directory: Path, conversations: list[list[dict[str, str]]]) -> N
                                         additional_special_tokens=["<|im_start|>"])
     tokenizer.chat_template = TEMPLATE
     torch.manual_seed(SEED)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=intermediate_size,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                         max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

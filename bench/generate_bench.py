@@ -46,16 +46,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.chat_bench import build_small_llama  # noqa: E402 - after the path is set
+
 SHARED_DATA = Path(os.environ.get("TUNESERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATA = SHARED_DATA / "korean_chatbot_qa.csv"
 FALLBACK_DATA = REPO / "tests" / "fixtures" / "korean_chatbot_qa_slice.csv"
 SEED = 42
-TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def questions(n: int) -> list[str]:
@@ -67,31 +63,12 @@ def questions(n: int) -> list[str]:
 
 
 def build_model(directory: Path) -> Path:
+    """The chat benchmarks' small Llama, its tokenizer trained on the chatbot corpus's Q/A pairs."""
     import pandas as pd
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     path = DATA if DATA.is_file() else FALLBACK_DATA
     frame = pd.read_csv(path).iloc[:4000]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([*map(str, frame["Q"]), *map(str, frame["A"]), "user assistant"],
-                            trainers.BpeTrainer(vocab_size=4000, special_tokens=[
-                                "<unk>", "<s>", "<|im_end|>", "<pad>", "<|im_start|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
-                                        unk_token="<unk>", pad_token="<pad>",
-                                        additional_special_tokens=["<|im_start|>"])
-    tokenizer.chat_template = TEMPLATE
-    torch.manual_seed(SEED)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688,
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    build_small_llama(directory, [*map(str, frame["Q"]), *map(str, frame["A"])], max_position_embeddings=512)
     return directory
 
 

@@ -44,38 +44,13 @@ from bench.chat_bench import (  # noqa: E402 - after the path is set
     LORA,
     MAX_LENGTH,
     SEED,
-    TEMPLATE,
     WARMUP_RATIO,
+    build_model,
     load_conversations,
     write_dataset,
 )
 
 PEERS = {"a": "tuneserve loop (QLoRA 4-bit)", "b": "Trainer + peft + bitsandbytes (QLoRA 4-bit)"}
-
-
-def build_model(directory: Path, conversations: list[list[dict[str, str]]]) -> None:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([m["content"] for c in conversations for m in c] + ["user assistant"],
-                            trainers.BpeTrainer(vocab_size=4000, special_tokens=[
-                                "<unk>", "<s>", "<|im_end|>", "<pad>", "<|im_start|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
-                                        unk_token="<unk>", pad_token="<pad>",
-                                        additional_special_tokens=["<|im_start|>"])
-    tokenizer.chat_template = TEMPLATE
-    torch.manual_seed(SEED)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768,
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
 
 
 def run_a(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         conversations = load_conversations(Path(args.data), args.rows)
         model, dataset = Path(tmp) / "model", Path(tmp) / "dataset"
         dataset.mkdir()
-        build_model(model, conversations)
+        build_model(model, conversations, intermediate_size=768)
         write_dataset(dataset, conversations, args.rows)
         results = {peer: run_peer(peer, args, model, dataset) for peer in PEERS}
     a, b = results["a"], results["b"]
