@@ -123,6 +123,34 @@ async function api(path) {
   return resp.json();
 }
 
+// The events of one Server-Sent Events response, parsed as the spec reads them: yields
+// { event, data, id } per block that carries data (comments and keep-alives are skipped).
+async function* sseEvents(resp) {
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const event = { event: "message", data: "", id: null };
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") event.event = val;
+        else if (field === "data") event.data += (event.data ? "\n" : "") + val;
+        else if (field === "id") event.id = val;
+      }
+      if (event.data) yield event;
+    }
+  }
+}
+
 // Server-Sent Events over fetch (EventSource cannot send the Authorization header). Resumes
 // with Last-Event-ID after a dropped connection; returns when the server ends the stream.
 async function followEvents(path, onEvent, signal) {
@@ -133,30 +161,10 @@ async function followEvents(path, onEvent, signal) {
       if (lastId) headers["Last-Event-ID"] = lastId;
       const resp = await fetch(path, { headers, signal });
       if (!resp.ok) throw await failure(resp);
-      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value.replace(/\r\n?/g, "\n");
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 2);
-          const event = { event: "message", data: "", id: null };
-          for (const line of block.split("\n")) {
-            if (!line || line.startsWith(":")) continue;
-            const colon = line.indexOf(":");
-            const field = colon < 0 ? line : line.slice(0, colon);
-            const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-            if (field === "event") event.event = val;
-            else if (field === "data") event.data += (event.data ? "\n" : "") + val;
-            else if (field === "id") event.id = val;
-          }
-          if (event.id) lastId = event.id;
-          if (event.data) onEvent(event.event, JSON.parse(event.data));
-          if (event.event === "end") return;
-        }
+      for await (const event of sseEvents(resp)) {
+        if (event.id) lastId = event.id;
+        onEvent(event.event, JSON.parse(event.data));
+        if (event.event === "end") return;
       }
     } catch (err) {
       if (signal.aborted) return;

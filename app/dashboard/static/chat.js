@@ -1,5 +1,5 @@
 // tuneserve dashboard, chat models: the playground (#/models/<id>) and a chat job's base-vs-tuned
-// report. Uses app.js's helpers (h, api, table, facts, fmt, show, authHeaders, failure), which
+// report. Uses app.js's helpers (h, api, table, facts, fmt, show, authHeaders, failure, sseEvents), which
 // are globals of the page; every value from the server goes in as text, never as HTML.
 // The playground link may carry a first message: #/models/<id>?say=...&temperature=0&max_new_tokens=32
 // sends it at once (a shareable example, and how the browser test drives the page).
@@ -16,27 +16,11 @@ async function streamReply(body, onToken, signal) {
     body: JSON.stringify({ ...body, stream: true }),
   });
   if (!resp.ok) throw await failure(resp);
-  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value.replace(/\r\n?/g, "\n");
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      let event = "message", data = "";
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data += line.slice(5).replace(/^ /, "");
-      }
-      if (!data) continue;
-      const payload = JSON.parse(data);
-      if (event === "token") onToken(payload.text);
-      else if (event === "done") return payload;
-      else if (event === "error") throw new Error(payload.detail);
-    }
+  for await (const { event, data } of sseEvents(resp)) {
+    const payload = JSON.parse(data);
+    if (event === "token") onToken(payload.text);
+    else if (event === "done") return payload;
+    else if (event === "error") throw new Error(payload.detail);
   }
   throw new Error("the stream ended before the reply was complete");
 }
