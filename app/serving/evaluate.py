@@ -46,27 +46,10 @@ def evaluate(task: str, labels: Sequence[str], truth: Sequence[list[str] | None]
 
 
 def _single_label(labels: Sequence[str], truth: list[str], predicted: list[str]) -> dict[str, Any]:
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from core.scores import single_label_scores
 
-    names = list(labels)
-    p_macro, r_macro, f1_macro, _ = precision_recall_fscore_support(
-        truth, predicted, labels=names, average="macro", zero_division=0)
-    _, _, f1_weighted, _ = precision_recall_fscore_support(
-        truth, predicted, labels=names, average="weighted", zero_division=0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=names, average=None, zero_division=0)
-    matrix = confusion_matrix(truth, predicted, labels=names)
-    return {
-        "metrics": {
-            "accuracy": float(accuracy_score(truth, predicted)),
-            "precision_macro": float(p_macro), "recall_macro": float(r_macro),
-            "f1_macro": float(f1_macro), "f1_weighted": float(f1_weighted),
-            "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                                 "f1": float(f1[i]), "support": int(support[i])}
-                          for i, name in enumerate(names)},
-        },
-        "confusion_matrix": {"labels": names, "matrix": matrix.astype(int).tolist()},
-    }
+    metrics = single_label_scores(truth, predicted, keys=labels, names=labels)
+    return {"metrics": metrics, "confusion_matrix": metrics.pop("confusion_matrix")}
 
 
 def _multi_label(labels: Sequence[str], truth: list[list[str]], predicted: list[list[str]]) -> dict[str, Any]:

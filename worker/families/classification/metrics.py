@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    confusion_matrix,
     f1_score,
     hamming_loss,
     precision_recall_fscore_support,
 )
 from sklearn.metrics import log_loss as sklearn_log_loss
 
+from core.scores import single_label_scores
 from core.serving.decode import DEFAULT_THRESHOLD
 from worker.training.fit import diagnose_fit
 
@@ -33,29 +33,8 @@ def single_label_metrics(logits: np.ndarray, labels: np.ndarray,
                          label_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro/weighted precision-recall-F1, per-class figures and the confusion matrix."""
     predictions = np.asarray(logits).argmax(axis=-1)
-    labels = np.asarray(labels)
-    ids = list(range(len(label_names)))
-    p_macro, r_macro, f1_macro, _ = precision_recall_fscore_support(
-        labels, predictions, labels=ids, average="macro", zero_division=0)
-    _, _, f1_weighted, _ = precision_recall_fscore_support(
-        labels, predictions, labels=ids, average="weighted", zero_division=0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=ids, average=None, zero_division=0)
-    matrix = confusion_matrix(labels, predictions, labels=ids)
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "precision_macro": float(p_macro),
-        "recall_macro": float(r_macro),
-        "f1_macro": float(f1_macro),
-        "f1_weighted": float(f1_weighted),
-        "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
-            for i, name in enumerate(label_names)
-        },
-        # Rows: true label, columns: predicted label, both in `labels` order.
-        "confusion_matrix": {"labels": list(label_names), "matrix": matrix.astype(int).tolist()},
-    }
+    return single_label_scores(np.asarray(labels).tolist(), predictions.tolist(),
+                               keys=range(len(label_names)), names=label_names)
 
 
 def tune_thresholds(probabilities: np.ndarray, targets: np.ndarray,
