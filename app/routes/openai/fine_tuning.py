@@ -10,6 +10,7 @@ from its last checkpoint, as POST /jobs/{id}/resume does.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from app.auth import Principal
 from app.crud import datasets as dataset_crud
@@ -177,14 +179,7 @@ def retrieve_fine_tuning_job(fine_tuning_job_id: JobIdPath, session: SessionDep,
 def cancel_fine_tuning_job(fine_tuning_job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
                            principal: PrincipalDep) -> FineTuningJob:
     """Cancel a job: at once when queued, after the current optimizer step when running."""
-    job = _get_job_or_404(session, principal, fine_tuning_job_id)
-    try:
-        native.cancel_job(job.id, session, settings, principal)
-    except HTTPException as e:
-        raise _native_error(e) from e
-    job.paused = False
-    session.commit()
-    return _view(session, job)
+    return _through_native(native.cancel_job, fine_tuning_job_id, session, settings, principal)
 
 
 @router.post("/{fine_tuning_job_id}/pause", response_model=FineTuningJob)
@@ -212,9 +207,16 @@ def pause_fine_tuning_job(fine_tuning_job_id: JobIdPath, session: SessionDep,
 def resume_fine_tuning_job(fine_tuning_job_id: JobIdPath, session: SessionDep, settings: SettingsDep,
                            principal: PrincipalDep) -> FineTuningJob:
     """Resume a paused (or cancelled, or failed) job from its last checkpoint."""
-    job = _get_job_or_404(session, principal, fine_tuning_job_id)
+    return _through_native(native.resume_job, fine_tuning_job_id, session, settings, principal)
+
+
+def _through_native(action: Callable[[str, Session, Settings, Principal], object], job_id: str,
+                    session: Session, settings: Settings, principal: Principal) -> FineTuningJob:
+    """Cancel or resume through the native route's rules (its refusals in OpenAI's error shape);
+    either way the job is no longer paused."""
+    job = _get_job_or_404(session, principal, job_id)
     try:
-        native.resume_job(job.id, session, settings, principal)
+        action(job.id, session, settings, principal)
     except HTTPException as e:
         raise _native_error(e) from e
     job.paused = False
