@@ -11,6 +11,13 @@ row lock on the experiment, right after it wrote the trial's final state. So up 
 trials are queued or running at any time without a scheduler process, and a trial a dead worker
 left is resumed by the lease sweep like any job: it is still RUNNING in the study, its repeated
 evaluations are the same steps (Optuna keeps the first value of a step), and it is told once.
+
+A budget (`budget: {steps, wall_time_s}`) is checked by the same asker, before it asks: once the
+trials' optimizer steps (their sum) or the wall time since the experiment was created reach it, no
+trial is asked any more, the search records that the budget ended it, and the trials never asked
+are skipped. Trials already queued or running finish: a budget bounds what the search starts, so
+it can be overrun by at most the trials active when it ran out (stopping them midway would leave
+results nobody can compare).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from core.jobspec import Hyperparameters
 from core.jobstate import ACTIVE_STATES, JobState
-from core.tables import Experiment, Job, JobEvent
+from core.tables import Experiment, Job, JobEvent, utcnow
 
 log = logging.getLogger("tuneserve.core.search")
 
@@ -60,6 +69,21 @@ class Range(BaseModel):
 Choices = Annotated[list[float | int | str], Field(min_length=1, max_length=100)]
 
 
+class Budget(BaseModel):
+    """What the whole search may spend; either or both. Once spent, no new trial starts."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    steps: int | None = Field(None, gt=0, description="Optimizer steps of all trials together.")
+    wall_time_s: float | None = Field(None, gt=0, description="Seconds since the experiment was created.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Budget:
+        if self.steps is None and self.wall_time_s is None:
+            raise ValueError("a budget names steps, wall_time_s or both (leave budget out for none)")
+        return self
+
+
 class SearchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -71,6 +95,10 @@ class SearchSpec(BaseModel):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["successive_halving", "median", "none"] = "median"
     parallel: int = Field(2, ge=1, le=32, description="Trials queued or running at once.")
+    budget: Budget | None = Field(
+        None, description="Optional: once the trials' optimizer steps (summed) or the seconds since the "
+        "experiment was created reach it, no further trial starts (running ones finish) and the trials "
+        "left are skipped.")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpec:
@@ -205,14 +233,17 @@ def _trial_of(study: Any, number: int) -> Any:
 # Trials as jobs
 # --------------------------------------------------------------------------------------------
 
-def queue_trials(session: Session, database_url: str, experiment_id: str) -> list[str]:
+def queue_trials(session: Session, database_url: str, experiment_id: str,
+                 ended_job_id: str | None = None) -> list[str]:
     """Ask the study for trials until `parallel` are queued or running or `trials` were asked, one
     job each; returns the new job ids (the caller enqueues them after its commit). The experiment
-    row is locked meanwhile (PostgreSQL), so two workers ending trials at once do not both ask."""
+    row is locked meanwhile (PostgreSQL), so two workers ending trials at once do not both ask.
+    When the budget is spent instead, nothing is asked and the search records why (an event on
+    `ended_job_id` too, the trial whose end found it spent)."""
     experiment = session.scalars(select(Experiment).where(Experiment.id == experiment_id)
                                  .with_for_update()).one()
     search = experiment.search
-    if search is None or experiment.cancel_requested:
+    if search is None or experiment.cancel_requested or search.get("budget_ended"):
         return []
     asked = session.scalar(select(func.count()).select_from(Job)
                            .where(Job.experiment_id == experiment_id)) or 0
@@ -221,6 +252,13 @@ def queue_trials(session: Session, database_url: str, experiment_id: str) -> lis
     room = min(search["parallel"] - active, search["trials"] - asked)
     if search["sampler"] == "grid":
         room = min(room, grid_size(search["space"]) - asked)
+    if room > 0 and search.get("budget"):
+        jobs = session.scalars(select(Job).where(Job.experiment_id == experiment_id)).all()
+        ended = budget_ended(search["budget"], spent(experiment, jobs))
+        if ended is not None:
+            _end_by_budget(session, experiment, ended, skipped=planned_trials(search) - asked,
+                           ended_job_id=ended_job_id)
+            return []
     # Every ask first, then the job rows: on SQLite the rows' write lock would block Optuna's own
     # connection writing the trials.
     asks = []
@@ -246,6 +284,82 @@ def queue_trials(session: Session, database_url: str, experiment_id: str) -> lis
         experiment.job_ids = [*experiment.job_ids, job.id]
         new.append(job.id)
     return new
+
+
+# --------------------------------------------------------------------------------------------
+# The budget
+# --------------------------------------------------------------------------------------------
+
+def planned_trials(search: dict[str, Any]) -> int:
+    """How many trials the search would run unspent: `trials`, or fewer when a grid is smaller."""
+    if search["sampler"] == "grid":
+        return min(search["trials"], grid_size(search["space"]))
+    return int(search["trials"])
+
+
+def spent(experiment: Experiment, jobs: Sequence[Job], now: datetime | None = None) -> dict[str, Any]:
+    """What the search has spent: its trials' optimizer steps (summed; a running trial's as last
+    written), and the wall time from the experiment's creation to now, or to the last trial's end
+    once none is queued or running."""
+    now = now or utcnow()
+    active = any(job.state in {str(s) for s in ACTIVE_STATES} for job in jobs)
+    ends = [job.finished_at for job in jobs if job.finished_at is not None]
+    until = now if active or not ends else max(ends)
+    return {"steps": sum(job.step or 0 for job in jobs),
+            "wall_time_s": round(max(0.0, (until - experiment.created_at).total_seconds()), 3)}
+
+
+def budget_ended(budget: dict[str, Any], used: dict[str, Any]) -> dict[str, Any] | None:
+    """None while the budget lasts; else which part ran out, in figures and words."""
+    steps, wall_time_s = budget.get("steps"), budget.get("wall_time_s")
+    if steps is not None and used["steps"] >= steps:
+        reason, words = "steps", f"{used['steps']} optimizer steps of the {steps} budgeted"
+    elif wall_time_s is not None and used["wall_time_s"] >= wall_time_s:
+        reason, words = "wall_time_s", f"{used['wall_time_s']:g} s of the {wall_time_s:g} s budgeted"
+    else:
+        return None
+    return {"reason": reason, "spent": used, "message": f"The search's budget is spent ({words}): no "
+            "further trial starts; trials already running finish."}
+
+
+def _end_by_budget(session: Session, experiment: Experiment, ended: dict[str, Any], *, skipped: int,
+                   ended_job_id: str | None) -> None:
+    assert experiment.search is not None
+    message = f"{ended['message']} {skipped} trial(s) skipped."
+    record = {**ended, "message": message, "skipped": skipped, "at": utcnow().isoformat()}
+    experiment.search = {**experiment.search, "budget_ended": record}  # a new dict: the JSON is rewritten
+    log.info("experiment %s: %s", experiment.id, message)
+    if ended_job_id is not None:
+        session.add(JobEvent(job_id=ended_job_id, kind="search_budget_spent",
+                             message=f"Search {experiment.id}: {message}", data=record))
+
+
+def trial_outcomes(session: Session, experiment: Experiment, jobs: Sequence[Job]) -> dict[str, list[int]]:
+    """Trial numbers by how they ended: finished (succeeded), pruned, failed, cancelled, active
+    (queued or running), and skipped (never started: the budget ran out first; the numbers they
+    would have had)."""
+    pruned = set(session.scalars(select(JobEvent.job_id).where(
+        JobEvent.job_id.in_([job.id for job in jobs]), JobEvent.kind == "pruned")).all())
+    out: dict[str, list[int]] = {k: [] for k in ("finished", "pruned", "failed", "cancelled", "active",
+                                                 "skipped")}
+    trials = sorted((j for j in jobs if j.search_trial is not None), key=lambda j: int(j.search_trial or 0))
+    for job in trials:
+        if job.state == JobState.SUCCEEDED:
+            kind = "finished"
+        elif job.id in pruned:
+            kind = "pruned"
+        elif job.state == JobState.FAILED:
+            kind = "failed"
+        elif job.state == JobState.CANCELLED:
+            kind = "cancelled"
+        else:
+            kind = "active"
+        out[kind].append(int(job.search_trial or 0))
+    search = experiment.search or {}
+    if search.get("budget_ended"):
+        asked = len(jobs)
+        out["skipped"] = list(range(asked, planned_trials(search)))
+    return out
 
 
 def report(database_url: str, experiment: Experiment, trial_number: int, step: int,

@@ -210,6 +210,11 @@ def _public(session: Session, experiment: Experiment, *, detailed: bool,
                    recommendation=board.recommend(rows, metric, greater, final))
     if experiment.search is not None:
         shown = {k: experiment.search[k] for k in ("space", "trials", "sampler", "pruner", "parallel")}
+        shown["budget"] = experiment.search.get("budget")
+        shown["budget_ended"] = experiment.search.get("budget_ended")
+        shown["spent"] = search.spent(experiment, jobs)
+        if detailed:
+            shown["trial_outcomes"] = search.trial_outcomes(session, experiment, jobs)
         if detailed and database_url:
             shown.update(search.summary(database_url, experiment))
         out["search"] = shown

@@ -40,7 +40,8 @@ class ExperimentCreate(JsonTypes):
     search: SearchSpec | None = Field(
         None, description="A search: `trials` jobs whose hyperparameters an Optuna study (in the service's "
         "database) draws from `space` (with several base_models, the base model is one more choice), "
-        "pruning weak trials at their evaluations; up to `parallel` run at once.")
+        "pruning weak trials at their evaluations; up to `parallel` run at once; no further trial "
+        "starts once the optional `budget` (steps, wall_time_s) is spent.")
 
 
 class ExperimentJobPublic(BaseModel):
@@ -112,8 +113,12 @@ class ExperimentPublic(BaseModel):
         None, description="What the baselines are, how long they took, and their figures per split.")
     recommendation: Recommendation | None = None
     search: dict[str, Any] | None = Field(
-        None, description="A search experiment: its spec, and (GET one) the study's trials by state, each "
-        "parameter's importance once two trials completed, and the (parameters, value) points.")
+        None, description="A search experiment: its spec, its `budget` and what it has `spent` (optimizer "
+        "steps summed over the trials, seconds since it was created), `budget_ended` (null, or why and "
+        "when the budget ended the search, with a message), and (GET one) `trial_outcomes` (trial numbers "
+        "finished, pruned, failed, cancelled, active, and skipped because the budget ran out), the study's "
+        "trials by state, each parameter's importance once two trials completed, and the (parameters, "
+        "value) points.")
 
 
 class ExperimentsPublic(BaseModel):

@@ -77,7 +77,8 @@ class SupervisedHyperparameters(Request):
     batch_size: Auto | Annotated[int, Field(ge=1, le=4096)] = Field(
         "auto", description="The effective batch. auto: 32, or the number of training examples if fewer.")
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = Field(
-        "auto", description="Times the family's default learning rate (chat: 2e-4). auto: 1.")
+        "auto", description="Times the family's default learning rate (chat: 2e-4). auto: tuneserve's "
+        "learning-rate range test chooses the rate before the first step.")
 
 
 class Supervised(Request):
@@ -136,7 +137,9 @@ class JobError(BaseModel):
 class JobHyperparameters(BaseModel):
     n_epochs: int | float
     batch_size: int
-    learning_rate_multiplier: float
+    learning_rate_multiplier: float | Literal["auto"] = Field(
+        ..., description='"auto" until the range test has chosen the rate, then that rate over the '
+        "family's default.")
 
 
 class MethodOut(BaseModel):

@@ -212,3 +212,30 @@ def test_keys_are_bearer_tokens_and_another_keys_objects_are_404(keyed: Any, tmp
         with pytest.raises(openai.NotFoundError):
             call()
     assert alice.files.retrieve(file_id).id == file_id
+
+
+def test_an_auto_multiplier_is_the_range_test_and_reported_once_it_chose(oai: openai.OpenAI, client: Any,
+                                                                         tiny_chat_lm_dir: Path) -> None:
+    file_id = oai.files.create(file=("train.jsonl", jsonl(CHAT_LINES)), purpose="fine-tune").id
+    job = oai.fine_tuning.jobs.create(model=str(tiny_chat_lm_dir), training_file=file_id)
+    # Until the worker's range test has run, the multiplier is "auto", as OpenAI shows it unresolved.
+    assert job.hyperparameters.learning_rate_multiplier == "auto"
+    assert job.method.supervised.hyperparameters.learning_rate_multiplier == "auto"  # type: ignore[union-attr]
+    native = client.get(f"/jobs/{job.id}").json()
+    assert native["hyperparameters"]["learning_rate"] == "auto"
+    events = client.get(f"/jobs/{job.id}/events").json()
+    assert any("range test chooses the rate" in e["message"]
+               for e in events if e["kind"] == "hyperparameters")
+    # The range test chose 3e-4 (what the worker's sink writes with its lr_range_test event):
+    # the multiplier is then that rate over chat's default 2e-4.
+    with session_scope() as session:
+        row = session.get(Job, job.id)
+        assert row is not None
+        row.chosen_learning_rate = 3e-4
+    chosen = oai.fine_tuning.jobs.retrieve(job.id).hyperparameters
+    assert chosen.learning_rate_multiplier == pytest.approx(1.5)
+    # A number is that multiple of the default, with no range test.
+    fixed = oai.fine_tuning.jobs.create(model=str(tiny_chat_lm_dir), training_file=file_id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 2}}})
+    assert fixed.hyperparameters.learning_rate_multiplier == 2
+    assert client.get(f"/jobs/{fixed.id}").json()["hyperparameters"]["learning_rate"] == pytest.approx(4e-4)

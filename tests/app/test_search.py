@@ -40,6 +40,10 @@ def _counts() -> tuple[int, int]:
     ({"space": {"epochs": [1]}, "sampler": "annealing"}, "sampler"),
     ({"space": {}}, "space"),
     ({"space": {"epochs": [1]}, "parallel": 0}, "parallel"),
+    ({"space": {"epochs": [1]}, "budget": {"steps": 0}}, "greater than 0"),
+    ({"space": {"epochs": [1]}, "budget": {"wall_time_s": -1}}, "greater than 0"),
+    ({"space": {"epochs": [1]}, "budget": {"minutes": 5}}, "Extra inputs are not permitted"),
+    ({"space": {"epochs": [1]}, "budget": {}}, "a budget names steps, wall_time_s or both"),
 ])
 def test_a_bad_space_is_a_422_that_names_it_and_writes_nothing(client: Any, tiny_encoder_dir: Path,
                                                                spec: dict[str, Any], phrase: str) -> None:
@@ -57,10 +61,14 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
         "hyperparameters": {"epochs": 1, "learning_rate": "auto"},
         "search": {"space": {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}, "epochs": [1, 2],
                              "weight_decay": [0.0, 0.1]},
-                   "trials": 5, "sampler": "random", "pruner": "median", "parallel": 2}})
+                   "trials": 5, "sampler": "random", "pruner": "median", "parallel": 2,
+                   "budget": {"steps": 500}}})
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert len(body["jobs"]) == 2 and all(j["state"] == "queued" for j in body["jobs"])
+    assert body["search"]["budget"] == {"steps": 500, "wall_time_s": None}
+    assert body["search"]["spent"]["steps"] == 0 and body["search"]["budget_ended"] is None
+    assert body["search"]["trial_outcomes"]["active"] == [0, 1]
     assert body["search"]["trials"] == {"running": 2} and body["search"]["importance"] is None
     study = optuna.load_study(study_name=search.study_name(body["id"]),
                               storage=search.storage(settings.database_url))

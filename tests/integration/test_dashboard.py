@@ -345,7 +345,8 @@ def test_a_running_jobs_page_updates_from_the_event_stream(live: LiveService, fi
                                                            tmp_path: Path) -> None:
     created = cli(live, "jobs", "create", "--dataset", finished["job"]["dataset_id"], "--base-model",
                   str(live.tiny_encoder_dir), "--epochs", "100", "--batch-size", "8",
-                  "--max-seq-length", "32", "--set", "logging_steps=1", "--json")
+                  "--max-seq-length", "32", "--set", "logging_steps=1", "--set", "learning_rate=auto",
+                  "--json")
     assert created.exit_code == 0, created.output
     job_id = json.loads(created.output)["id"]
     browser = Browser(tmp_path / "cdp-profile")
@@ -360,6 +361,28 @@ def test_a_running_jobs_page_updates_from_the_event_stream(live: LiveService, fi
         browser.wait_for(f"{TRAIN_POINTS} > {first}")
         assert browser.wait_for(LIVE_EVENTS) >= 1
         assert "running" in browser.evaluate("document.querySelector('h1 .badge').textContent")
+
+        # learning_rate "auto": the range test's curve, loss against the rate on a log axis, the
+        # chosen rate marked between the lowest and highest rate tried.
+        (test,) = [e for e in httpx.get(f"{live.url}/jobs/{job_id}/events").json()
+                   if e["kind"] == "lr_range_test"]
+        chart = browser.evaluate("""(() => {
+            const svg = document.querySelector('[data-chart="lr-range"] svg');
+            const path = svg.querySelector('path[data-series="smoothed loss"]');
+            const mark = svg.querySelector('line.mark');
+            const xs = [...path.getAttribute('d').matchAll(/[ML](-?[0-9.]+),/g)].map((m) => Number(m[1]));
+            return JSON.stringify({scale: svg.dataset.xScale, points: Number(path.dataset.points), xs,
+                                   markX: Number(mark.getAttribute('x1')), chosen: Number(mark.dataset.x),
+                                   label: mark.dataset.mark});
+        })()""")
+        chart = json.loads(chart)
+        assert chart["scale"] == "log" and chart["points"] == len(test["data"]["lrs"]) > 2
+        assert chart["chosen"] == pytest.approx(test["data"]["chosen"])
+        assert chart["label"].startswith("chosen ")
+        assert chart["xs"] == sorted(chart["xs"]) and chart["xs"][0] <= chart["markX"] <= chart["xs"][-1]
+        # Log spacing: the range test's rates grow geometrically, so its points are evenly spaced.
+        gaps = [b - a for a, b in zip(chart["xs"], chart["xs"][1:], strict=False)]
+        assert max(gaps) - min(gaps) < 1.0
     finally:
         browser.close()
         cli(live, "jobs", "cancel", job_id)

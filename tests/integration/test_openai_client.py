@@ -197,6 +197,13 @@ def test_pause_resume_and_cancel_an_alpaca_job_and_the_native_api_sees_every_job
     assert _wait(client, job.id, {"paused", "failed", "succeeded"}).status == "paused"
     assert httpx.get(f"{base}/jobs/{job.id}").json()["state"] == "cancelled"  # natively: stopped
     stopped_at = httpx.get(f"{base}/jobs/{job.id}").json()["step"]
+    # learning_rate_multiplier "auto" (the default): the range test chose the rate before step 1,
+    # and the job object reports it as a multiple of chat's default 2e-4.
+    assert job.hyperparameters.learning_rate_multiplier == "auto"  # as created: not chosen yet
+    chosen = httpx.get(f"{base}/jobs/{job.id}").json()["chosen_learning_rate"]
+    assert chosen is not None and chosen > 0
+    assert client.fine_tuning.jobs.retrieve(job.id).hyperparameters.learning_rate_multiplier == \
+        pytest.approx(chosen / 2e-4)
     resumed = client.fine_tuning.jobs.resume(job.id)
     assert resumed.status in ("queued", "running")
     deadline = time.monotonic() + 240

@@ -52,7 +52,9 @@ def test_a_search_of_four_trials_on_two_workers_prunes_the_weak_one(stack: Any, 
     dataset = upload(client, write_sentiment_csv(tmp_path / "sentiment.csv"))
     resp = client.post("/experiments", json={"dataset_id": dataset["id"],
                                              "base_models": [str(tiny_encoder_dir)],
-                                             "hyperparameters": BASE, "search": SEARCH})
+                                             "hyperparameters": BASE,
+                                             # A budget checked at each trial's end, never reached.
+                                             "search": SEARCH | {"budget": {"steps": 10_000}}})
     assert resp.status_code == 201, resp.text
     assert len(resp.json()["jobs"]) == 2  # `parallel` trials queued at first
     body = _wait(client, resp.json()["id"], workers)
@@ -79,6 +81,10 @@ def test_a_search_of_four_trials_on_two_workers_prunes_the_weak_one(stack: Any, 
     states = [t.state.name for t in sorted(study.get_trials(), key=lambda t: t.number)]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
     assert body["search"]["trials"] == {"complete": 3, "pruned": 1}
+    assert body["search"]["trial_outcomes"] == {"finished": [0, 1, 3], "pruned": [2], "failed": [],
+                                                "cancelled": [], "active": [], "skipped": []}
+    assert body["search"]["budget_ended"] is None
+    assert body["search"]["spent"]["steps"] == sum(row["step"] for row in body["jobs"]) > 0
     assert set(body["search"]["importance"]) == {"warmup_ratio", "learning_rate"} or \
         set(body["search"]["importance"]) == {"warmup_ratio"}  # one learning rate among completed ones
     assert body["state"] == "succeeded"

@@ -66,8 +66,9 @@ class Trial:
 
 
 def trial_ended(job_id: str) -> None:
-    """Tell the study how the trial ended, then queue the next trials (at most `parallel` at once).
-    Called once the job's final state is written; a second call for the same job changes nothing."""
+    """Tell the study how the trial ended, then queue the next trials (at most `parallel` at once),
+    unless the search's budget is spent (then this trial's events say so). Called once the job's
+    final state is written; a second call for the same job changes nothing."""
     settings = get_settings()
     try:
         with session_scope() as session:
@@ -80,7 +81,8 @@ def trial_ended(job_id: str) -> None:
             state, value = search.job_finished(session, job)
             search.tell(settings.database_url, experiment, int(job.search_trial), state, value)
         with session_scope() as session:
-            new = search.queue_trials(session, settings.database_url, str(job.experiment_id))
+            new = search.queue_trials(session, settings.database_url, str(job.experiment_id),
+                                      ended_job_id=job_id)
         for new_id in new:
             enqueue(TRAIN_TASK, new_id)
         if new:

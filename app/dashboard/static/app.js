@@ -188,10 +188,13 @@ function niceTicks(lo, hi, count = 5) {
 
 // series: [{name, points: [[x, y], ...]}]. Each line is a <path class="series"> carrying its
 // point count in data-points, so a test (or a screen reader's summary) can tell it was drawn.
-function lineChart(id, title, series, { yFormat = fmt } = {}) {
+// xLog: a logarithmic x axis (ticks at powers of ten; points at x <= 0 left out). marks: vertical
+// lines at given x, each a <line class="mark" data-mark="label" data-x="x">, e.g. a chosen value.
+function lineChart(id, title, series, { yFormat = fmt, xFormat = String, xLabel = "step", xLog = false, marks = [] } = {}) {
   const W = 600, H = 250, L = 58, R = 14, T = 12, B = 34;
+  const tx = xLog ? Math.log10 : (x) => x;
   const drawn = series.map((sr, i) => ({ ...sr, color: COLORS[i % COLORS.length],
-    points: sr.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)) }))
+    points: sr.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!xLog || x > 0)) }))
     .filter((sr) => sr.points.length);
   const legend = drawn.map((sr) => h("span", { class: "legend" },
     h("span", { class: "swatch", style: `background:${sr.color}` }), sr.name));
@@ -200,7 +203,7 @@ function lineChart(id, title, series, { yFormat = fmt } = {}) {
     figure.append(h("p", { class: "muted" }, "No points yet."));
     return figure;
   }
-  const xs = drawn.flatMap((sr) => sr.points.map((p) => p[0]));
+  const xs = drawn.flatMap((sr) => sr.points.map((p) => tx(p[0])));
   const ys = drawn.flatMap((sr) => sr.points.map((p) => p[1]));
   let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
@@ -208,24 +211,28 @@ function lineChart(id, title, series, { yFormat = fmt } = {}) {
   if (y0 === y1) { const pad = Math.abs(y0) * 0.1 || 1; y0 -= pad; y1 += pad; }
   const pad = (y1 - y0) * 0.06;
   y0 -= pad; y1 += pad;
-  const px = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const px = (x) => L + ((tx(x) - x0) / (x1 - x0)) * (W - L - R);
   const py = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const at = xLabel === "step" ? "at step " : `at ${xLabel} `;
   const summary = drawn.map((sr) => {
     const first = sr.points[0], last = sr.points[sr.points.length - 1];
-    return `${sr.name}: ${sr.points.length} points, ${yFormat(first[1])} at step ${first[0]} to ${yFormat(last[1])} at step ${last[0]}`;
-  }).join("; ");
-  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}. ${summary}` },
+    return `${sr.name}: ${sr.points.length} points, ${yFormat(first[1])} ${at}${xFormat(first[0])} to ${yFormat(last[1])} ${at}${xFormat(last[0])}`;
+  }).join("; ") + marks.map((m) => `; ${m.label}`).join("");
+  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}. ${summary}`,
+                         "data-x-scale": xLog ? "log" : "linear" },
     s("title", {}, `${title}. ${summary}`));
   for (const t of niceTicks(y0, y1)) {
     svg.append(s("line", { class: "grid", x1: L, x2: W - R, y1: py(t), y2: py(t) }));
     svg.append(s("text", { x: L - 6, y: py(t) + 4, "text-anchor": "end" }, yFormat(t)));
   }
-  for (const t of niceTicks(x0, x1, 6).filter((t) => Number.isInteger(t))) {
-    svg.append(s("text", { x: px(t), y: H - B + 16, "text-anchor": "middle" }, t));
+  // On a log axis a tick is a whole power of ten; on a linear one a whole step.
+  const xTicks = niceTicks(x0, x1, 6).filter((t) => Number.isInteger(t)).map((t) => (xLog ? 10 ** t : t));
+  for (const t of xTicks) {
+    svg.append(s("text", { x: px(t), y: H - B + 16, "text-anchor": "middle" }, xFormat(t)));
   }
   svg.append(s("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
   svg.append(s("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
-  svg.append(s("text", { x: W - R, y: H - 4, "text-anchor": "end" }, "step"));
+  svg.append(s("text", { x: W - R, y: H - 4, "text-anchor": "end" }, xLabel));
   for (const sr of drawn) {
     const d = sr.points.map(([x, y], i) => `${i ? "L" : "M"}${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(" ");
     svg.append(s("path", { class: "series", d, stroke: sr.color, "data-series": sr.name,
@@ -234,8 +241,28 @@ function lineChart(id, title, series, { yFormat = fmt } = {}) {
       for (const [x, y] of sr.points) svg.append(s("circle", { cx: px(x), cy: py(y), r: 3, fill: sr.color }));
     }
   }
+  for (const m of marks.filter((m) => Number.isFinite(m.x) && (!xLog || m.x > 0))) {
+    const x = px(m.x).toFixed(1);
+    svg.append(s("line", { class: "mark", x1: x, x2: x, y1: T, y2: H - B, "data-mark": m.label, "data-x": m.x }));
+    svg.append(s("text", { class: "mark-label", x: Number(x) + 4, y: T + 10 }, m.label));
+  }
   figure.append(svg);
   return figure;
+}
+
+const expFmt = (v) => (v === 0 ? "0" : Number(v).toExponential(1));
+
+// learning_rate "auto": the range test's curve, loss against the rate (log axis) with the rate
+// it chose marked; the newest lr_range_test event (a job runs it once, before its first step).
+function rangeTestChart(events) {
+  const test = [...events].reverse().find((e) => e.kind === "lr_range_test" && e.data && Array.isArray(e.data.lrs));
+  if (!test) return null;
+  const { lrs, losses = [], raw_losses: raw = [], chosen } = test.data;
+  return lineChart("lr-range", "Learning-rate range test", [
+    { name: "smoothed loss", points: lrs.map((lr, i) => [lr, losses[i]]) },
+    { name: "raw loss", points: lrs.map((lr, i) => [lr, raw[i]]) }],
+  { xLog: true, xLabel: "learning rate", xFormat: expFmt,
+    marks: typeof chosen === "number" ? [{ x: chosen, label: `chosen ${expFmt(chosen)}` }] : [] });
 }
 
 // ---- pages ---------------------------------------------------------------------------------
@@ -334,7 +361,8 @@ function jobSections(state) {
         { name: "eval loss", points: evals.map((p) => [p.step, p.loss]) }]),
       lineChart("learning-rate", "Learning rate", [
         { name: "learning rate", points: train.map((p) => [p.step, p.learning_rate]) }],
-        { yFormat: (v) => (v === 0 ? "0" : Number(v).toExponential(1)) }),
+        { yFormat: expFmt }),
+      rangeTestChart(events),
       lineChart("eval", "Evaluation", metricNames.map((m) => ({ name: m, points: evals.map((p) => [p.step, p[m]]) })))));
 
   // Adaptive batch: what the probe chose, and every change after it (OOM halving, resume).

@@ -119,7 +119,13 @@ def _native_error(error: HTTPException) -> OpenAIError:
 @router.post("", response_model=FineTuningJob)
 def create_fine_tuning_job(job_in: FineTuningJobCreate, session: SessionDep, settings: SettingsDep,
                            principal: PrincipalDep) -> FineTuningJob:
-    """Start a supervised fine-tuning job of `model` on `training_file`."""
+    """Start a supervised fine-tuning job of `model` on `training_file`.
+
+    `learning_rate_multiplier` "auto" (the default) trains with learning_rate "auto": tuneserve's
+    range test picks the rate on the worker before the first step. The job object reports the
+    multiplier "auto" until then and the chosen rate over the family's default (chat: 2e-4) after,
+    as OpenAI reports a resolved hyperparameter; a number is that multiple of the default, no test.
+    """
     training = _chat_file(session, principal, job_in.training_file, "training_file")
     validation = (_chat_file(session, principal, job_in.validation_file, "validation_file")
                   if job_in.validation_file else None)

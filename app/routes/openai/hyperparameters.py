@@ -6,14 +6,18 @@ README). Pure functions of the request and the training set's size: no HTTP, no 
   (at least 1 epoch).
 - batch_size: tuneserve's default effective batch (32), or the number of training examples when
   there are fewer.
-- learning_rate_multiplier: 1, i.e. the task family's default learning rate (chat: 2e-4, the LoRA
-  rate). A number multiplies that default.
+- learning_rate_multiplier: tuneserve's learning-rate range test (the job's learning_rate "auto"):
+  before its first step the worker sweeps the rate over a few micro-batches and picks one from the
+  loss curve (the lr_range_test event; jobs.chosen_learning_rate). The job object reports the
+  multiplier as OpenAI reports a resolved hyperparameter: "auto" until the rate is chosen, then the
+  chosen rate over the family's default (chat: 2e-4, the LoRA rate). A number multiplies that
+  default and no range test runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from app.schemas.openai import SupervisedHyperparameters
 from core.jobspec import Hyperparameters
@@ -24,7 +28,7 @@ MAX_TARGET_EXAMPLES = 25_000
 MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 DEFAULT_BATCH_SIZE = Hyperparameters.model_fields["batch_size"].default
-AUTO_MULTIPLIER = 1.0  # a range test will choose this later; until then the family default stands
+AUTO: Literal["auto"] = "auto"  # the multiplier until the range test has chosen the rate
 # OpenAI reports a metrics event per step: every optimizer step records a train point.
 LOGGING_STEPS = 1
 
@@ -52,8 +56,8 @@ def auto_epochs(n_train: int) -> int:
 class Resolved:
     n_epochs: int
     batch_size: int
-    learning_rate_multiplier: float
-    learning_rate: float
+    learning_rate_multiplier: float | Literal["auto"]
+    learning_rate: float | Literal["auto"]  # "auto": the range test chooses it on the worker
     reasons: dict[str, str]
 
     def record(self, requested: SupervisedHyperparameters) -> dict[str, Any]:
@@ -78,13 +82,29 @@ def resolve(requested: SupervisedHyperparameters, *, n_train: int, default_learn
                                  f"at most the {n_train} training examples)")
     else:
         batch_size = requested.batch_size
+    multiplier: float | Literal["auto"]
+    learning_rate: float | Literal["auto"]
     if requested.learning_rate_multiplier == "auto":
-        multiplier = AUTO_MULTIPLIER
-        reasons["learning_rate_multiplier"] = f"auto: {multiplier} x the default {default_learning_rate:g}"
+        multiplier, learning_rate = AUTO, AUTO
+        reasons["learning_rate_multiplier"] = (
+            "auto: a learning-rate range test chooses the rate before the first step; the multiplier is "
+            f"then that rate over the default {default_learning_rate:g}")
     else:
         multiplier = float(requested.learning_rate_multiplier)
+        learning_rate = default_learning_rate * multiplier
     return Resolved(n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier,
-                    learning_rate=default_learning_rate * multiplier, reasons=reasons)
+                    learning_rate=learning_rate, reasons=reasons)
+
+
+def reported_multiplier(recorded: float | str, chosen_learning_rate: float | None,
+                        default_learning_rate: float) -> float | Literal["auto"]:
+    """The multiplier a job object shows: a number as resolved, or for "auto" the chosen rate over
+    the default once the range test has run ("auto" until then)."""
+    if recorded != AUTO:
+        return float(recorded)
+    if chosen_learning_rate is None:
+        return AUTO
+    return chosen_learning_rate / default_learning_rate
 
 
 def native_hyperparameters(resolved: Resolved, seed: int | None) -> dict[str, Any]:

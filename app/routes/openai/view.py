@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from app.routes.openai import hyperparameters as auto
 from app.schemas.openai import (
     CheckpointMetrics,
     FileObject,
@@ -56,15 +57,19 @@ def status(job: Job) -> str:
 
 
 def _hyperparameters(job: Job, default_learning_rate: float) -> JobHyperparameters:
+    """As resolved when the job was made here (a multiplier "auto" becomes a number once the range
+    test chose the rate), else from the native hyperparameters (learning_rate "auto" likewise)."""
     recorded = (job.fine_tuning or {}).get("resolved")
     if recorded:
-        return JobHyperparameters(**recorded)
+        return JobHyperparameters(**{**recorded, "learning_rate_multiplier": auto.reported_multiplier(
+            recorded["learning_rate_multiplier"], job.chosen_learning_rate, default_learning_rate)})
     hp = job.hyperparameters
     epochs = float(hp.get("epochs", 3))
-    learning_rate = float(hp.get("learning_rate", default_learning_rate))
+    rate = hp.get("learning_rate", default_learning_rate)
+    multiplier = (auto.reported_multiplier(auto.AUTO, job.chosen_learning_rate, default_learning_rate)
+                  if rate == auto.AUTO else float(rate) / default_learning_rate)
     return JobHyperparameters(n_epochs=int(epochs) if epochs.is_integer() else epochs,
-                              batch_size=int(hp.get("batch_size", 32)),
-                              learning_rate_multiplier=learning_rate / default_learning_rate)
+                              batch_size=int(hp.get("batch_size", 32)), learning_rate_multiplier=multiplier)
 
 
 def fine_tuning_job(job: Job, *, default_learning_rate: float,
