@@ -52,33 +52,55 @@ def get_removal(session: SessionDep, settings: SettingsDep, predictor: Predictor
 RemovalDep = Annotated[Removal, Depends(get_removal)]
 
 
+def principal_of_key(session: Session, presented: str) -> Principal | None:
+    """The caller that `presented` (a key, as sent) is, read now: a revoked key is None at once."""
+    row = verify_key(session, presented=presented)
+    return Principal(tenant_id=row.id, is_admin=row.is_admin, name=row.name) if row is not None else None
+
+
 def _lookup_key(presented: str) -> Principal | None:
     with new_session() as session:
-        row = verify_key(session, presented=presented)
-    return Principal(tenant_id=row.id, is_admin=row.is_admin, name=row.name) if row is not None else None
+        return principal_of_key(session, presented)
+
+
+def unauthorized() -> HTTPException:
+    return HTTPException(
+        401,
+        "a valid API key is required: send `Authorization: Bearer <key>`; "
+        "an operator makes one with `tuneserve keys create --name <you>`",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def get_presented_key(request: Request) -> str | None:
+    """The key the caller sent, not yet checked against the database (None: TUNESERVE_AUTH is
+    off, and the caller is the local admin). A request without a bearer key is a 401 here. For a
+    hot route that reads its own rows in one thread hop anyway: it checks the key with
+    `principal_of_key` in that same session, rather than paying get_principal's hop first."""
+    if not get_settings().auth:
+        return None
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise unauthorized()
+    return presented.strip()
 
 
 async def get_principal(request: Request) -> Principal:
     """The caller. With TUNESERVE_AUTH off (embedded single-user mode) everyone is the local
     admin; on, `Authorization: Bearer <key>` is required (401 otherwise). Async, so the
     auth-off path costs no thread hop; FastAPI caches it per request."""
-    if not get_settings().auth:
+    presented = await get_presented_key(request)
+    if presented is None:
         return LOCAL_ADMIN
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    principal = None
-    if scheme.lower() == "bearer" and presented.strip():
-        principal = await run_in_threadpool(_lookup_key, presented.strip())
+    principal = await run_in_threadpool(_lookup_key, presented)
     if principal is None:
-        raise HTTPException(
-            401,
-            "a valid API key is required: send `Authorization: Bearer <key>`; "
-            "an operator makes one with `tuneserve keys create --name <you>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized()
     request.state.principal = principal
     return principal
 
 
+# The caller's key as sent, checked by the route itself (see get_presented_key).
+PresentedKeyDep = Annotated[str | None, Depends(get_presented_key)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 # For a router whose routes need a key but not the caller: APIRouter(dependencies=[Authenticated]).
 Authenticated = Depends(get_principal)

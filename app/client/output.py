@@ -151,3 +151,39 @@ def confusion_table(title: str, figures: dict[str, Any]) -> Table | None:
         return None
     return table(title, ["true \\ predicted", *labels],
                  ([label, *counts] for label, counts in zip(labels, matrix, strict=True)))
+
+
+# A chat report's scores, in the order and with the names of the dashboard's chat job page.
+CHAT_SCORES = (("bleu", "BLEU"), ("chrf", "chrF"), ("cosine_similarity", "cosine (MiniLM)"))
+# Example replies printed side by side; the report keeps a few more (--json has them all).
+CHAT_EXAMPLES_SHOWN = 2
+
+
+def chat_report(comparison: dict[str, Any] | None) -> list[Table | str]:
+    """A chat job's base-vs-tuned report as the dashboard's job page shows it: the scores of the
+    base and the tuned model with the change, what was scored (count, cap, decoding), then
+    example replies of both beside the reference. Empty for any other comparison."""
+    if not comparison or "splits" in comparison or "decoding" not in comparison:
+        return []
+    if not isinstance(comparison.get("tuned"), dict):
+        return [f"base vs tuned: nothing scored ({comparison.get('prompts', 0)} held-out prompts)"]
+    base, tuned, delta = comparison.get("base") or {}, comparison["tuned"], comparison.get("delta") or {}
+    names = {"bleu": f"BLEU ({comparison.get('bleu_tokenize')})"}
+    scores = table("base vs tuned", ["metric", "base", "tuned", "change"],
+                   ([names.get(key, name), base.get(key), tuned.get(key), delta.get(key)]
+                    for key, name in CHAT_SCORES))
+    scored = f"{comparison.get('prompts')} of {comparison.get('prompts_in_split')}"
+    if comparison.get("max_prompts"):
+        scored += f" (capped at {comparison['max_prompts']})"
+    facts: list[tuple[str, Any]] = [
+        ("split", comparison.get("split")), ("prompts scored", scored),
+        ("decoding", f"{comparison.get('decoding')}, at most {comparison.get('max_new_tokens')} new tokens")]
+    if comparison.get("generation_s") is not None:
+        facts.append(("generation time", f"{fmt(comparison['generation_s'])} s"))
+    examples = comparison.get("examples") or []
+    shown = table(f"example replies ({min(len(examples), CHAT_EXAMPLES_SHOWN)} of {len(examples)}; "
+                  "--json has all)" if len(examples) > CHAT_EXAMPLES_SHOWN else "example replies",
+                  ["row", "prompt", "reference", "base", "tuned"],
+                  ([e.get("row"), e.get("prompt"), e.get("reference"), e.get("base"), e.get("tuned")]
+                   for e in examples[:CHAT_EXAMPLES_SHOWN]))
+    return [scores, fields(None, facts), *([shown] if examples else [])]

@@ -9,17 +9,19 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import Principal
+from app.auth import LOCAL_ADMIN, Principal
 from app.crud import models as crud
-from app.deps import Authenticated, PredictorDep, PrincipalDep
+from app.deps import PredictorDep, PresentedKeyDep, principal_of_key, unauthorized
 from app.schemas.common import errors
 from app.schemas.predict import PredictRequest, PredictResponse
 from app.serving import ModelLoadError, ModelSpec, QueueFull, decode_multi_label, decode_single_label
 from app.serving.batching import BatcherClosed
 from core.db import new_session
 from core.settings import Settings
+from core.tables import TunedModel
 
-router = APIRouter(prefix="/predict", tags=["predict"], dependencies=[Authenticated],
+# No router-wide key check: POST /predict checks the key inside its one lookup (see below).
+router = APIRouter(prefix="/predict", tags=["predict"],
                    responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
 
@@ -44,7 +46,23 @@ def _check_limits(predict_in: PredictRequest, settings: Settings) -> None:
 
 def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
     with new_session() as session:
-        model = principal.visible(crud.get_model(session=session, model_id=model_id))
+        model = crud.get_model(session=session, model_id=model_id)
+    return _spec_of(model_id, principal.visible(model))
+
+
+def _caller_and_model(presented: str | None, model_id: str) -> tuple[Principal | None, TunedModel | None]:
+    """The caller and the model row, read in one session on one thread hop: the key is checked
+    on every request (a key revoked by any process stops working at once), and the model read
+    beside it costs no second hop or session. (None, None): the key is not a live one."""
+    with new_session() as session:
+        principal = LOCAL_ADMIN if presented is None else principal_of_key(session, presented)
+        if principal is None:
+            return None, None
+        return principal, principal.visible(crud.get_model(session=session, model_id=model_id))
+
+
+def _spec_of(model_id: str, model: TunedModel | None) -> ModelSpec:
+    """The row as the predictor takes it; 404 for a row the caller may not see, 422 for a chat model."""
     if model is None:
         raise HTTPException(404, f"model {model_id!r} not found")
     if model.task == "chat":
@@ -64,13 +82,17 @@ def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
     response_model=PredictResponse,
 )
 async def create_prediction(
-    predict_in: PredictRequest, predictor: PredictorDep, principal: PrincipalDep
+    predict_in: PredictRequest, predictor: PredictorDep, presented_key: PresentedKeyDep
 ) -> Any:
     """Classify texts: label and scores per text, in order (texts over max length are cut and flagged)."""
-    # The hot path of the service: no sync dependencies (SessionDep, SettingsDep), each of
-    # which costs a thread hop per request; one hop opens a session, reads the row, closes it.
+    # The hot path of the service: no sync dependencies (SessionDep, SettingsDep, nor the
+    # key check of PrincipalDep), each of which costs a thread hop and a session per request.
+    # One hop opens one session, checks the key, reads the model row and closes it.
+    principal, model = await run_in_threadpool(_caller_and_model, presented_key, predict_in.model_id)
+    if principal is None:
+        raise unauthorized()
     _check_limits(predict_in, predictor.settings)
-    spec = await run_in_threadpool(_spec_or_404, predict_in.model_id, principal)
+    spec = _spec_of(predict_in.model_id, model)
     if predict_in.threshold is not None and spec.task != "multi_label":
         raise HTTPException(422, f"threshold applies to multi-label models; {spec.model_id!r} is {spec.task}")
     try:

@@ -177,6 +177,32 @@ def test_cli_prints_a_key_once_and_stores_only_its_hash(
         assert client.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 401
 
 
+def test_predict_checks_the_key_on_every_request(keyed: Any, tmp_path: Path) -> None:
+    """POST /predict reads the key and the model in one lookup: a key revoked elsewhere (here:
+    straight in the database, as another API process or the CLI would) fails the next request."""
+    from app.auth import revoke_key
+
+    client, keys = keyed
+    alice, bob = keys["alice"], keys["bob"]
+    model_id = _model_for(_key_id(alice), tmp_path)
+    body = {"model_id": model_id, "texts": ["hi"]}
+    # Alice passes the key and the row checks: her model's files are missing (409), not hidden.
+    resp = client.post("/predict", json=body, headers=alice)
+    assert resp.status_code == 409 and "are missing" in resp.json()["detail"], resp.text
+    assert client.post("/predict", json=body, headers=bob).status_code == 404
+    wrong = {"Authorization": alice["Authorization"] + "x"}
+    for headers in ({}, {"Authorization": "Bearer nonsense"}, wrong):
+        resp = client.post("/predict", json=body, headers=headers)
+        assert resp.status_code == 401 and "Authorization: Bearer" in resp.json()["detail"], headers
+        assert resp.headers["www-authenticate"] == "Bearer"
+    # A wrong key is a 401 before the texts are looked at.
+    assert client.post("/predict", json={"model_id": model_id, "texts": []}, headers=wrong).status_code == 401
+    with session_scope() as session:
+        assert revoke_key(session, key_id=_key_id(alice))
+    resp = client.post("/predict", json=body, headers=alice)
+    assert resp.status_code == 401, resp.text
+
+
 def test_with_auth_off_no_key_is_asked_for(client: Any) -> None:
     assert upload(client, _csv()).status_code == 201
     assert client.get("/datasets").json()["count"] == 1

@@ -1,5 +1,6 @@
 """`tuneserve metrics`, and the result shown when a watched job ends: evaluations, the train
-loss and the comparison with the baselines (GET /jobs/{id}/metrics)."""
+loss and the comparison with the baselines, or a chat job's base-vs-tuned report
+(GET /jobs/{id}/metrics)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,16 @@ def print_job_result(api: Api, job: dict[str, Any]) -> None:
     comparison = out.comparison_table(metrics.get("comparison"))
     if comparison is not None:
         console.print(comparison)
-    console.print(f"model [bold]{job['model_id']}[/]: `tuneserve predict {job['model_id']} \"some text\"`")
+    for part in out.chat_report(metrics.get("comparison")):
+        console.print(part)
+    command = "generate" if job.get("task") == "chat" else "predict"
+    console.print(f"model [bold]{job['model_id']}[/]: `tuneserve {command} {job['model_id']} \"some text\"`")
 
 
 def metrics(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
     """A job's eval points, best and final, the last train loss, the comparison with baselines and
-    the per-class report (precision, recall, F1, support) with the confusion matrix."""
+    the per-class report (precision, recall, F1, support) with the confusion matrix; for a chat
+    job, the base-vs-tuned report (BLEU, chrF, cosine, what was scored, example replies)."""
     body = api_of(ctx).get(f"/jobs/{job_id}/metrics")
     if json_:
         return out.print_json(console, body)
@@ -49,12 +54,14 @@ def metrics(ctx: typer.Context, job_id: str, json_: JsonOpt = False) -> None:
     comparison = out.comparison_table(body.get("comparison"))
     if comparison is not None:
         console.print(comparison)
+    for part in out.chat_report(body.get("comparison")):
+        console.print(part)
     for title, figures in _reports(body):
         for report in (out.per_class_table(f"per class {title}", figures),
                        out.confusion_table(f"confusion matrix {title}", figures)):
             if report is not None:
                 console.print(report)
-    if not body["eval"] and not body["train"]:
+    if not body["eval"] and not body["train"] and not body.get("comparison"):
         console.print(f"{job_id} has no metric points yet")
 
 
