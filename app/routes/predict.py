@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -44,21 +45,48 @@ def _check_limits(predict_in: PredictRequest, settings: Settings) -> None:
             )
 
 
-def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
+def _visible_model(principal: Principal, model_id: str) -> TunedModel | None:
     with new_session() as session:
-        model = crud.get_model(session=session, model_id=model_id)
-    return _spec_of(model_id, principal.visible(model))
+        return principal.visible(crud.get_model(session=session, model_id=model_id))
 
 
-def _caller_and_model(presented: str | None, model_id: str) -> tuple[Principal | None, TunedModel | None]:
+def _spec_or_404(model_id: str, principal: Principal) -> ModelSpec:
+    return _spec_of(model_id, _visible_model(principal, model_id))
+
+
+def _caller_and_model(presented: str | None,
+                      model_id: str | None) -> tuple[Principal | None, TunedModel | None]:
     """The caller and the model row, read in one session on one thread hop: the key is checked
     on every request (a key revoked by any process stops working at once), and the model read
     beside it costs no second hop or session. (None, None): the key is not a live one."""
     with new_session() as session:
         principal = LOCAL_ADMIN if presented is None else principal_of_key(session, presented)
-        if principal is None:
-            return None, None
+        if principal is None or model_id is None:
+            return principal, None
         return principal, principal.visible(crud.get_model(session=session, model_id=model_id))
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+    model_id: str | None      # the body's model_id as read for the lookup (None: none readable)
+    model: TunedModel | None  # that row, when the caller may see it
+
+
+async def get_caller(request: Request, presented_key: PresentedKeyDep) -> Caller:
+    """The key check and the model row in one hop, as a dependency so that a wrong key is a 401
+    before the body is validated (FastAPI has parsed the JSON before dependencies run; the row is
+    looked up by the body's model_id as sent, and the route checks it is the one it validated)."""
+    try:
+        body = await request.json()
+    except ValueError:  # not JSON: the body's own 422 follows once the key has passed
+        body = None
+    model_id = body.get("model_id") if isinstance(body, dict) else None
+    model_id = model_id if isinstance(model_id, str) else None
+    principal, model = await run_in_threadpool(_caller_and_model, presented_key, model_id)
+    if principal is None:
+        raise unauthorized()
+    return Caller(principal=principal, model_id=model_id, model=model)
 
 
 def _spec_of(model_id: str, model: TunedModel | None) -> ModelSpec:
@@ -82,15 +110,15 @@ def _spec_of(model_id: str, model: TunedModel | None) -> ModelSpec:
     response_model=PredictResponse,
 )
 async def create_prediction(
-    predict_in: PredictRequest, predictor: PredictorDep, presented_key: PresentedKeyDep
+    predict_in: PredictRequest, predictor: PredictorDep, caller: Annotated[Caller, Depends(get_caller)]
 ) -> Any:
     """Classify texts: label and scores per text, in order (texts over max length are cut and flagged)."""
     # The hot path of the service: no sync dependencies (SessionDep, SettingsDep, nor the
     # key check of PrincipalDep), each of which costs a thread hop and a session per request.
-    # One hop opens one session, checks the key, reads the model row and closes it.
-    principal, model = await run_in_threadpool(_caller_and_model, presented_key, predict_in.model_id)
-    if principal is None:
-        raise unauthorized()
+    # One hop (get_caller) opens one session, checks the key, reads the model row and closes it.
+    model = caller.model
+    if caller.model_id != predict_in.model_id:  # not read from the raw body: look it up now
+        model = await run_in_threadpool(_visible_model, caller.principal, predict_in.model_id)
     _check_limits(predict_in, predictor.settings)
     spec = _spec_of(predict_in.model_id, model)
     if predict_in.threshold is not None and spec.task != "multi_label":

@@ -195,8 +195,13 @@ def test_predict_checks_the_key_on_every_request(keyed: Any, tmp_path: Path) -> 
         resp = client.post("/predict", json=body, headers=headers)
         assert resp.status_code == 401 and "Authorization: Bearer" in resp.json()["detail"], headers
         assert resp.headers["www-authenticate"] == "Bearer"
-    # A wrong key is a 401 before the texts are looked at.
+    # A wrong key is a 401 before the texts are looked at, and before the body is validated.
     assert client.post("/predict", json={"model_id": model_id, "texts": []}, headers=wrong).status_code == 401
+    for bad_body in ({"texts": "not a list"}, [1, 2], None):
+        resp = client.post("/predict", json=bad_body, headers=wrong)
+        assert resp.status_code == 401, (bad_body, resp.text)
+    assert client.post("/predict", content=b"{not json", headers=wrong).status_code == 401
+    assert client.post("/predict", json={"texts": "not a list"}, headers=alice).status_code == 422
     with session_scope() as session:
         assert revoke_key(session, key_id=_key_id(alice))
     resp = client.post("/predict", json=body, headers=alice)
