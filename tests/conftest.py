@@ -19,7 +19,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PG_URL = os.environ.get("TUNESERVE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TUNESERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_url() -> str:
+    """The tests' Redis database: 15 (or TUNESERVE_TEST_REDIS_URL's), one lower for each further
+    pytest-xdist process, so that processes never share a queue nor flush each other's."""
+    base = os.environ.get("TUNESERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    offset = int(worker[2:]) if worker[2:].isdigit() else 0
+    if not offset:
+        return base
+    server, _, db = base.rpartition("/")
+    if not db.isdigit() or int(db) < offset:
+        raise RuntimeError(f"{base}: give TUNESERVE_TEST_REDIS_URL a database number of at least {offset} "
+                           "(each pytest-xdist process takes the next lower one)")
+    return f"{server}/{int(db) - offset}"
+
+
+REDIS_URL = _redis_url()
 
 
 def _clear_caches() -> None:
