@@ -475,6 +475,8 @@ def main() -> None:
     if [n for n in names if n not in DATASETS] or [c for c in args.cases if c not in CASES]:
         parser.error(f"--datasets takes {list(DATASETS)}, --cases {list(CASES)}")
 
+    # SIGTERM (a timeout, a kill): stop the service on the way out, as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hparam-bench-") as tmp:
         work = args.workdir or Path(tmp)
