@@ -303,7 +303,7 @@ def run_search(service: Service, dataset_id: str, epochs: int, trials: int, step
         if figures["val_f1_macro"] is None:  # no comparison (pruned): the leaderboard's best evaluation
             figures["val_f1_macro"] = (rows.get(job["job_id"], {}).get("validation") or {}).get("f1_macro")
         trial_figures.append(figures)
-    trial_figures.sort(key=lambda f: (f["trial"] is None, f["trial"]))
+    trial_figures.sort(key=lambda f: (f["trial"] is None, f["trial"] or 0))
     recommendation = body.get("recommendation") or {}
     best = next((f for f in trial_figures if f["job_id"] == recommendation.get("job_id")), None)
     walls = [f["wall_s"] for f in trial_figures if f["wall_s"] is not None]
