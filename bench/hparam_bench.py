@@ -418,7 +418,7 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             lr = _f(case["learning_rate"])
             if key == "b" and case.get("range_test"):
-                lr += f" (range test: {case['range_test']['samples']} samples)"
+                lr += f" (range test: {case['range_test_samples']} samples)"
             label = f"({key}) {CASES[key]}"
         ratio = case["compute_samples"] / a_compute if a_compute else None
         lines.append(f"| {label} | {lr} | {_f(case['val_f1_macro'])} | {_f(case['test_f1_macro'])} | "
