@@ -34,6 +34,7 @@ def _counts() -> tuple[int, int]:
     ({"space": {"lora_r": [8, "big"]}}, "search.space.lora_r: 'big'"),
     ({"space": {"lora_r": {"low": 4, "high": 8.5}}}, "8.5 is not a whole number"),
     ({"space": {"lr_scheduler": {"low": 0, "high": 1}}}, "search.space.lr_scheduler"),
+    ({"space": {"data_order": ["random", "sorted"]}}, "search.space.data_order: 'sorted'"),
     ({"space": {"lora_r": [4, 8]}}, "apply to chat jobs only"),
     ({"space": {"epochs": [1, 2]}, "sampler": "grid", "pruner": "none", "trials": 2} | {
         "space": {"epochs": [1, 2], "warmup_ratio": {"low": 0.0, "high": 0.2}}}, "grid sampler needs a list"),
@@ -56,7 +57,7 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
         "dataset_id": dataset_row(), "base_models": [str(tiny_encoder_dir)],
         "hyperparameters": {"epochs": 1, "learning_rate": "auto"},
         "search": {"space": {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}, "epochs": [1, 2],
-                             "weight_decay": [0.0, 0.1]},
+                             "weight_decay": [0.0, 0.1], "data_order": ["random", "grouped"]},
                    "trials": 5, "sampler": "random", "pruner": "median", "parallel": 2}})
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -71,14 +72,14 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
                                .order_by(Job.search_trial)).all()
         for job, trial in zip(jobs, trials, strict=True):
             assert job.search_trial == trial.number
-            for name in ("learning_rate", "epochs", "weight_decay"):
+            for name in ("learning_rate", "epochs", "weight_decay", "data_order"):
                 assert job.hyperparameters[name] == trial.params[name]
             assert 1e-5 <= job.hyperparameters["learning_rate"] <= 1e-2
     # Two processes loading the study afresh draw different points (the seed moves with the count).
     assert trials[0].params != trials[1].params
     rows = [r for r in body["leaderboard"] if r["kind"] == "model"]
     assert sorted(r["trial"] for r in rows) == [0, 1]
-    assert set(rows[0]["search_parameters"]) == {"learning_rate", "epochs", "weight_decay"}
+    assert set(rows[0]["search_parameters"]) == {"learning_rate", "epochs", "weight_decay", "data_order"}
 
     # Deleting the (cancelled) search removes its study too.
     cancelled = client.post(f"/experiments/{body['id']}/cancel")

@@ -237,7 +237,7 @@ class Run:
         if epoch_index != self._epoch_index:
             config = self.trainer.config
             self._windows = epoch_windows(self.lengths, config.batch_size, config.seed, epoch_index,
-                                          config.length_group_windows)
+                                          config.data_order)
             self._epoch_index = epoch_index
         return self._windows[index_in_epoch]
 
