@@ -57,7 +57,7 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
         "dataset_id": dataset_row(), "base_models": [str(tiny_encoder_dir)],
         "hyperparameters": {"epochs": 1, "learning_rate": "auto"},
         "search": {"space": {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}, "epochs": [1, 2],
-                             "weight_decay": [0.0, 0.1], "data_order": ["random", "grouped"]},
+                             "weight_decay": [0.0, 0.1]},
                    "trials": 5, "sampler": "random", "pruner": "median", "parallel": 2}})
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -72,14 +72,14 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
                                .order_by(Job.search_trial)).all()
         for job, trial in zip(jobs, trials, strict=True):
             assert job.search_trial == trial.number
-            for name in ("learning_rate", "epochs", "weight_decay", "data_order"):
+            for name in ("learning_rate", "epochs", "weight_decay"):
                 assert job.hyperparameters[name] == trial.params[name]
             assert 1e-5 <= job.hyperparameters["learning_rate"] <= 1e-2
     # Two processes loading the study afresh draw different points (the seed moves with the count).
     assert trials[0].params != trials[1].params
     rows = [r for r in body["leaderboard"] if r["kind"] == "model"]
     assert sorted(r["trial"] for r in rows) == [0, 1]
-    assert set(rows[0]["search_parameters"]) == {"learning_rate", "epochs", "weight_decay", "data_order"}
+    assert set(rows[0]["search_parameters"]) == {"learning_rate", "epochs", "weight_decay"}
 
     # Deleting the (cancelled) search removes its study too.
     cancelled = client.post(f"/experiments/{body['id']}/cancel")
@@ -91,3 +91,14 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
     with pytest.raises(KeyError):
         optuna.load_study(study_name=search.study_name(body["id"]),
                           storage=search.storage(settings.database_url))
+
+
+def test_data_order_is_a_choice_a_search_draws_for_its_trials(client: Any, tiny_encoder_dir: Path) -> None:
+    resp = client.post("/experiments", json={
+        "dataset_id": dataset_row(), "base_models": [str(tiny_encoder_dir)],
+        "search": {"space": {"data_order": ["random", "windowed", "grouped"]},
+                   "trials": 3, "sampler": "grid", "pruner": "none", "parallel": 3}})
+    assert resp.status_code == 201, resp.text
+    with session_scope() as session:
+        jobs = session.scalars(select(Job).where(Job.experiment_id == resp.json()["id"])).all()
+        assert sorted(j.hyperparameters["data_order"] for j in jobs) == ["grouped", "random", "windowed"]

@@ -8,7 +8,7 @@ step: a pool of one window is random order.
 
 - random: pools of 1 window. Each step's batch is a random sample of the data.
 - windowed: pools of 4 windows. Each batch holds rows of similar length from a sample of
-  4 x batch_size rows: most of grouped's padding saving, batches still close to a sample.
+  4 x batch_size rows: less padding than random, batches still close to a sample.
 - grouped: pools of 50 windows. The least padding; a batch holds the longest (or shortest)
   rows of 50 x batch_size, so it is far from a sample (short rows and long rows can differ in
   label mix, which a step then sees alone).

@@ -9,7 +9,7 @@ What it is made of, one question per module of worker/training/:
     config.py       TrainConfig (job + worker settings) and LoopState (checkpointed)
     devices.py      device, precision, gradient checkpointing, peak memory, what an OOM is
     optim.py        AdamW and the learning-rate schedule
-    data_order.py   length-grouped optimizer-step windows, seeded per epoch
+    data_order.py   the job's data_order as optimizer-step windows, seeded per epoch
     micro_batch.py  where the micro-batch is chosen and changed, accumulation, the optimizer step
     evaluation.py   the held-out split's loss and the task's metrics
     checkpoints.py  atomic checkpoints, rotation, resume
