@@ -99,6 +99,11 @@ def test_data_order_is_a_choice_a_search_draws_for_its_trials(client: Any, tiny_
         "search": {"space": {"data_order": ["random", "windowed", "grouped"]},
                    "trials": 3, "sampler": "grid", "pruner": "none", "parallel": 3}})
     assert resp.status_code == 201, resp.text
+    drawn = {r["job_id"]: r["search_parameters"]["data_order"]
+             for r in resp.json()["leaderboard"] if r["kind"] == "model"}
     with session_scope() as session:
         jobs = session.scalars(select(Job).where(Job.experiment_id == resp.json()["id"])).all()
-        assert sorted(j.hyperparameters["data_order"] for j in jobs) == ["grouped", "random", "windowed"]
+        assert len(jobs) == 3
+        for job in jobs:  # the study's draw is the job's setting
+            assert job.hyperparameters["data_order"] == drawn[job.id]
+            assert drawn[job.id] in ("random", "windowed", "grouped")
