@@ -372,7 +372,7 @@ def check_oom_recovery(args: argparse.Namespace, device: torch.device, work: Pat
 
     # One pool of length-sorted windows: the eight long samples make one window of their own.
     common = {"batch_size": batch, "micro_batch_size": micro, "max_steps": 4, "precision": "fp32",
-              "length_group_windows": 50}
+              "data_order": "grouped"}
     started = time.perf_counter()
     reference_task = fresh()
     reset_peak(device)

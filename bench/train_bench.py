@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,18 +121,26 @@ def _load_model(torch: Any, path: str) -> Any:
         label2id={name: i for i, name in enumerate(LABELS)})
 
 
-def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
-    """tuneserve's own loop, through the same entry points the worker task uses."""
-    _setup_child(args)
+def write_dataset_dir(directory: Path, train: list, val: list) -> Path:
+    """train.parquet and validation.parquet per the dataset contract (row, text, label index)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("validation", val)):
+        table = pa.table({"row": pa.array(range(len(split)), pa.int64()),
+                          "text": pa.array([t for t, _ in split], pa.string()),
+                          "label": pa.array([label for _, label in split], pa.int64())})
+        pq.write_table(table, directory / f"{name}.parquet")
+    return directory
+
+
+@contextmanager
+def loop_timings() -> Iterator[dict[str, float]]:
+    """Seconds the loop spends evaluating (wall and CPU), saving checkpoints and probing, timed
+    from outside without changing what it does; put back on exit, so runs in one process can
+    each time their own."""
     import worker.training.loop as loop
-    from core.jobspec import Hyperparameters
-    from core.settings import Settings
-    from core.store import bundled_model_path
-    from worker.families.classification.task import build_classification_task
-    from worker.training.recording import RecordingSink
 
     timings = {"eval_s": 0.0, "checkpoint_s": 0.0, "probe_s": 0.0, "eval_cpu_s": 0.0}
 
@@ -145,43 +155,64 @@ def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
                     timings["eval_cpu_s"] += time.process_time() - cpu
         return wrapper
 
-    # Timed from outside, without changing what the loop does.
+    saved = loop.evaluate, loop.save_checkpoint, loop.Trainer.probe
     loop.evaluate = timed("eval_s", loop.evaluate)
     loop.save_checkpoint = timed("checkpoint_s", loop.save_checkpoint)
-    loop.Trainer.probe = timed("probe_s", loop.Trainer.probe)
+    loop.Trainer.probe = timed("probe_s", loop.Trainer.probe)  # type: ignore[method-assign]
+    try:
+        yield timings
+    finally:
+        loop.evaluate, loop.save_checkpoint, loop.Trainer.probe = saved  # type: ignore[method-assign]
 
-    with tempfile.TemporaryDirectory(prefix="tuneserve-bench-") as tmp:
+
+def run_tuneserve(train: list, val: list, labels: list[str], hp: Any, threads: int,
+                  device: str) -> dict[str, Any]:
+    """One classification run through the entry points the worker task uses (parquet dataset
+    directory, build_classification_task, run_training, an in-memory RecordingSink): its result,
+    sink, task and timings. train_s is the loop's wall time less its evaluations; the probe and the
+    checkpoint saves stay in (the service always does them)."""
+    import worker.training.loop as loop
+    from core.settings import Settings
+    from core.store import bundled_model_path
+    from worker.families.classification.task import build_classification_task
+    from worker.training.recording import RecordingSink
+
+    with tempfile.TemporaryDirectory(prefix="tuneserve-bench-") as tmp, loop_timings() as timings:
         tmp_path = Path(tmp)
-        dataset_dir = tmp_path / "dataset"
-        dataset_dir.mkdir()
-        for name, split in (("train", train), ("validation", val)):
-            table = pa.table({"row": pa.array(range(len(split)), pa.int64()),
-                              "text": pa.array([t for t, _ in split], pa.string()),
-                              "label": pa.array([label for _, label in split], pa.int64())})
-            pq.write_table(table, dataset_dir / f"{name}.parquet")
-        hp = Hyperparameters(epochs=EPOCHS, batch_size=BATCH_SIZE, max_seq_length=MAX_LENGTH,
-                             learning_rate=LEARNING_RATE, seed=SEED, warmup_ratio=WARMUP_RATIO,
-                             weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM, lr_scheduler="linear",
-                             eval_strategy="epoch", precision="auto")
-        settings = Settings(data_dir=tmp_path / "var", models_dir=tmp_path / "models",
-                            torch_threads=args.threads)
+        dataset_dir = write_dataset_dir(tmp_path / "dataset", train, val)
+        settings = Settings(data_dir=tmp_path / "var", models_dir=tmp_path / "models", torch_threads=threads)
         config = loop.TrainConfig.from_hyperparameters(hp, settings)
-        config.device = args.device
-        task = build_classification_task(dataset_dir, LABELS, False, str(bundled_model_path()), config)
+        config.device = device
+        task = build_classification_task(dataset_dir, labels, False, str(bundled_model_path()), config)
         sink = RecordingSink()
         started, cpu = time.perf_counter(), time.process_time()
         result = loop.run_training(task, config, tmp_path / "run", sink)
         total_s, total_cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    train_s = total_s - timings["eval_s"]
-    probe = sink.events_of("batch_probe")
+    return {"result": result, "sink": sink, "timings": timings, "task": task,
+            "device": str(loop.pick_device(config.device)), "train_s": total_s - timings["eval_s"],
+            "train_cpu_s": total_cpu_s - timings["eval_cpu_s"]}
+
+
+def run_a(args: argparse.Namespace, train: list, val: list) -> dict[str, Any]:
+    """tuneserve's own loop, through the same entry points the worker task uses."""
+    _setup_child(args)
+    from core.jobspec import Hyperparameters
+
+    hp = Hyperparameters(epochs=EPOCHS, batch_size=BATCH_SIZE, max_seq_length=MAX_LENGTH,
+                         learning_rate=LEARNING_RATE, seed=SEED, warmup_ratio=WARMUP_RATIO,
+                         weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM, lr_scheduler="linear",
+                         eval_strategy="epoch", precision="auto")
+    run = run_tuneserve(train, val, LABELS, hp, args.threads, args.device)
+    result, timings = run["result"], run["timings"]
+    probe = run["sink"].events_of("batch_probe")
     return {
-        "train_s": train_s, "train_cpu_s": total_cpu_s - timings["eval_cpu_s"],
+        "train_s": run["train_s"], "train_cpu_s": run["train_cpu_s"],
         "samples": len(train), "steps": result.global_step,
         "accuracy": float(result.final_metrics["accuracy"]),
         "eval_s": timings["eval_s"], "probe_s": timings["probe_s"], "checkpoint_s": timings["checkpoint_s"],
         "micro_batch_size": result.micro_batch_size, "grad_accum_steps": result.grad_accum_steps,
         "probe": probe[0] if probe else None,
-        "device": str(loop.pick_device(config.device)),
+        "device": run["device"],
     }
 
 

@@ -24,6 +24,11 @@ MAX_SEED = 2**32 - 1
 # The rule of _storable_text as JSON Schema states it (no NUL byte), so the OpenAPI document
 # says it; a lone surrogate cannot occur in a JSON document's well-formed text anyway.
 NO_NUL_PATTERN = "^[^\\u0000]*$"
+# The training data orders (worker/training/data_order.py says what each is), and the default: the
+# one word to change when the benchmark (bench/order_bench.py) picks another.
+DataOrder = Literal["random", "windowed", "grouped"]
+DATA_ORDERS: tuple[str, ...] = get_args(DataOrder)
+DEFAULT_DATA_ORDER: DataOrder = "grouped"
 
 
 def _scalar_kind(annotation: Any) -> str | None:
@@ -119,6 +124,13 @@ class Hyperparameters(JsonTypes):
         1.0, gt=0, le=1e6, description="Gradient clipping; null turns it off."
     )
     seed: int = Field(42, ge=0, le=MAX_SEED)
+    data_order: DataOrder = Field(
+        DEFAULT_DATA_ORDER,
+        description="How each epoch orders the training rows. random: every optimizer step's batch is a "
+        "random sample (padding as it falls); windowed: rows sorted by length within pools of 4 "
+        "steps' batches, so each batch is still close to a sample; grouped: within pools of 50 batches, "
+        "the least padding. The order is a function of seed and epoch, so a resumed job sees the same.",
+    )
     eval_strategy: Literal["epoch", "steps"] = "epoch"
     eval_steps: int | None = Field(
         None, ge=1, le=MAX_INT32, description="eval_strategy=steps: evaluate every N steps."

@@ -42,7 +42,7 @@ log = logging.getLogger("tuneserve.core.search")
 # The hyperparameters a search may vary, and "base_model" (a choice among the experiment's
 # base_models, added to the space by itself when there are several).
 SEARCHABLE = ("learning_rate", "epochs", "lora_r", "lora_alpha", "lora_dropout", "warmup_ratio",
-              "weight_decay", "batch_size", "max_seq_length", "lr_scheduler", "max_grad_norm")
+              "weight_decay", "batch_size", "max_seq_length", "lr_scheduler", "max_grad_norm", "data_order")
 INTEGER = {"lora_r", "lora_alpha", "batch_size", "max_seq_length"}
 BASE_MODEL = "base_model"
 

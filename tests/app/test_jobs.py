@@ -29,7 +29,7 @@ def test_create_job_applies_documented_defaults_and_queues(client: Any) -> None:
     hp = job["hyperparameters"]
     assert (hp["epochs"], hp["learning_rate"], hp["batch_size"], hp["max_seq_length"]) == (3.0, 2e-5, 32, 128)
     assert (hp["warmup_ratio"], hp["weight_decay"]) == (0.1, 0.01)
-    assert (hp["lr_scheduler"], hp["seed"]) == ("linear", 42)
+    assert (hp["lr_scheduler"], hp["seed"], hp["data_order"]) == ("linear", 42, "grouped")
     assert hp["metric_for_best_model"] == "f1_macro"
     assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
     listed = client.get("/jobs").json()
@@ -47,6 +47,16 @@ def test_learning_rate_auto_is_accepted_and_kept_as_asked(client: Any) -> None:
     assert resp.json()["chosen_learning_rate"] is None  # until the worker's range test chooses it
 
 
+@pytest.mark.parametrize("order", ["random", "windowed", "grouped"])
+def test_each_data_order_is_accepted_and_stored_with_the_job(client: Any, order: str) -> None:
+    resp = client.post("/jobs", json={"dataset_id": dataset_row(), "hyperparameters": {"data_order": order}})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["hyperparameters"]["data_order"] == order
+    with session_scope() as session:
+        job = session.get(Job, resp.json()["id"])
+        assert job is not None and job.hyperparameters["data_order"] == order
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "phrase"),
     [
@@ -55,6 +65,9 @@ def test_learning_rate_auto_is_accepted_and_kept_as_asked(client: Any) -> None:
         ({"hyperparameters": {"learning_rate": -1}}, 422, "learning_rate"),
         ({"hyperparameters": {"learning_rate": "fast"}}, 422, "Input should be 'auto'"),
         ({"hyperparameters": {"lr_scheduler": "exotic"}}, 422, "lr_scheduler"),
+        ({"hyperparameters": {"data_order": "sorted"}}, 422,
+         "Input should be 'random', 'windowed' or 'grouped'"),
+        ({"hyperparameters": {"data_order": 1}}, 422, "data_order"),
         ({"hyperparameters": {"batch_size": 32, "micro_batch_size": 5}}, 422, "must divide batch_size"),
         ({"hyperparameters": {"eval_strategy": "steps"}}, 422, "needs eval_steps"),
         ({"hyperparameters": {"metric_for_best_model": "f1_micro"}}, 422, "does not exist for single_label"),

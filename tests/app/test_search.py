@@ -34,6 +34,7 @@ def _counts() -> tuple[int, int]:
     ({"space": {"lora_r": [8, "big"]}}, "search.space.lora_r: 'big'"),
     ({"space": {"lora_r": {"low": 4, "high": 8.5}}}, "8.5 is not a whole number"),
     ({"space": {"lr_scheduler": {"low": 0, "high": 1}}}, "search.space.lr_scheduler"),
+    ({"space": {"data_order": ["random", "sorted"]}}, "search.space.data_order: 'sorted'"),
     ({"space": {"lora_r": [4, 8]}}, "apply to chat jobs only"),
     ({"space": {"epochs": [1, 2]}, "sampler": "grid", "pruner": "none", "trials": 2} | {
         "space": {"epochs": [1, 2], "warmup_ratio": {"low": 0.0, "high": 0.2}}}, "grid sampler needs a list"),
@@ -98,3 +99,19 @@ def test_a_search_queues_parallel_trials_drawn_by_the_study(client: Any, tiny_en
     with pytest.raises(KeyError):
         optuna.load_study(study_name=search.study_name(body["id"]),
                           storage=search.storage(settings.database_url))
+
+
+def test_data_order_is_a_choice_a_search_draws_for_its_trials(client: Any, tiny_encoder_dir: Path) -> None:
+    resp = client.post("/experiments", json={
+        "dataset_id": dataset_row(), "base_models": [str(tiny_encoder_dir)],
+        "search": {"space": {"data_order": ["random", "windowed", "grouped"]},
+                   "trials": 3, "sampler": "grid", "pruner": "none", "parallel": 3}})
+    assert resp.status_code == 201, resp.text
+    drawn = {r["job_id"]: r["search_parameters"]["data_order"]
+             for r in resp.json()["leaderboard"] if r["kind"] == "model"}
+    with session_scope() as session:
+        jobs = session.scalars(select(Job).where(Job.experiment_id == resp.json()["id"])).all()
+        assert len(jobs) == 3
+        for job in jobs:  # the study's draw is the job's setting
+            assert job.hyperparameters["data_order"] == drawn[job.id]
+            assert drawn[job.id] in ("random", "windowed", "grouped")

@@ -33,6 +33,7 @@ lr = 5e-5
 max_len = 128.0
 warmup_ratio = 0.06
 gradient_checkpointing = yes
+data_order = windowed
 dropout = 0.3
 fp16 = true
 text_column = comments
@@ -45,7 +46,7 @@ text_column = comments
     assert seed.base_model == "beomi/kcbert-base"
     assert seed.hyperparameters == {"epochs": 3.0, "batch_size": 32, "learning_rate": 5e-5,
                                     "max_seq_length": 128, "warmup_ratio": 0.06,
-                                    "gradient_checkpointing": True}
+                                    "gradient_checkpointing": True, "data_order": "windowed"}
     assert seed.upload == {"text_column": "comments"}
     assert seed.unused == ["[Path] save_dir", "[Hyperparameters] dropout", "[Hyperparameters] fp16"]
     assert "[Hyperparameters] max_len -> max_seq_length" in seed.used

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.jobspec import DEFAULT_DATA_ORDER
+
 if TYPE_CHECKING:
     from core.jobspec import Hyperparameters
     from core.settings import Settings
@@ -36,6 +38,7 @@ class TrainConfig:
     lr_scheduler: str = "linear"           # linear | cosine | constant (after warmup)
     max_grad_norm: float | None = 1.0      # gradient clipping; None turns it off
     seed: int = 42                         # data order, dropout, head init
+    data_order: str = DEFAULT_DATA_ORDER   # random | windowed | grouped (data_order.py)
     eval_strategy: str = "epoch"           # epoch | steps
     eval_steps: int | None = None          # eval_strategy=steps: evaluate every N optimizer steps
     logging_steps: int = 10                # a train metric point every N optimizer steps
@@ -61,9 +64,6 @@ class TrainConfig:
     keep_last_checkpoints: int = _runtime(2)     # besides the best one; at least 1 is kept
     torch_threads: int = _runtime(0)             # CPU threads for torch; 0: torch's default
     device: str = _runtime("auto")               # auto (cuda when available) | cpu | cuda | cuda:N
-    # Length grouping: sort pools of this many optimizer-step windows by length, so each
-    # micro-batch pads to similar lengths (the pool keeps the order random across pools).
-    length_group_windows: int = _runtime(50)
     fault_oom_above_micro_batch: int | None = _runtime(None)  # see core/settings.py
     fault_oom_from_step: int = _runtime(0)
     fault_oom_above_eval_batch: int | None = _runtime(None)

@@ -9,7 +9,7 @@ What it is made of, one question per module of worker/training/:
     config.py       TrainConfig (job + worker settings) and LoopState (checkpointed)
     devices.py      device, precision, gradient checkpointing, peak memory, what an OOM is
     optim.py        AdamW and the learning-rate schedule
-    data_order.py   length-grouped optimizer-step windows, seeded per epoch
+    data_order.py   the job's data_order as optimizer-step windows, seeded per epoch
     micro_batch.py  where the micro-batch is chosen and changed, accumulation, the optimizer step
     evaluation.py   the held-out split's loss and the task's metrics
     checkpoints.py  atomic checkpoints, rotation, resume
@@ -237,7 +237,7 @@ class Run:
         if epoch_index != self._epoch_index:
             config = self.trainer.config
             self._windows = epoch_windows(self.lengths, config.batch_size, config.seed, epoch_index,
-                                          config.length_group_windows)
+                                          config.data_order)
             self._epoch_index = epoch_index
         return self._windows[index_in_epoch]
 

@@ -8,44 +8,96 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.helpers import LABELS, build_task, make_config
+from core.jobspec import DATA_ORDERS, DEFAULT_DATA_ORDER
+from tests.worker.helpers import LABELS, build_task, make_config, record_windows
 from worker.training.checkpoints import TRAINING_STATE_FILE
 from worker.training.config import TrainConfig
-from worker.training.data_order import epoch_windows
+from worker.training.data_order import POOL_WINDOWS, epoch_windows
 from worker.training.fit import diagnose_fit
 from worker.training.loop import run_training
 from worker.training.protocols import TrainingError
 from worker.training.recording import RecordingSink
 
 
-def test_epoch_order_is_a_seeded_length_grouped_permutation() -> None:
+@pytest.mark.parametrize("order", DATA_ORDERS)
+def test_every_data_order_is_a_seeded_permutation_in_full_windows(order: str) -> None:
     lengths = [(i * 37) % 101 + 1 for i in range(250)]
-    windows = epoch_windows(lengths, 16, seed=7, epoch=3, group_windows=4)
-    assert windows == epoch_windows(lengths, 16, seed=7, epoch=3, group_windows=4)  # resume relies on it
-    assert windows != epoch_windows(lengths, 16, seed=7, epoch=4, group_windows=4)
-    assert windows != epoch_windows(lengths, 16, seed=8, epoch=3, group_windows=4)
+    windows = epoch_windows(lengths, 16, seed=7, epoch=3, data_order=order)
+    assert windows == epoch_windows(lengths, 16, seed=7, epoch=3, data_order=order)  # resume relies on it
+    assert windows != epoch_windows(lengths, 16, seed=7, epoch=4, data_order=order)
+    assert windows != epoch_windows(lengths, 16, seed=8, epoch=3, data_order=order)
     assert Counter(i for w in windows for i in w) == Counter(range(250))
     assert [len(w) for w in windows] == [16] * 15 + [10]  # the one short window is last
-    # Length grouping: a window's lengths are close together (a random window spans ~all 1..101).
-    spreads = [max(lengths[i] for i in w) - min(lengths[i] for i in w) for w in windows[:-1]]
-    assert sum(spreads) / len(spreads) < 30
+    # Inside a window, longest first: its micro-batches pad little (the step's sum is the same).
+    assert all([lengths[i] for i in w] == sorted((lengths[i] for i in w), reverse=True) for w in windows)
+
+
+def test_grouped_windows_are_length_sorted_across_the_pool_and_random_ones_are_not() -> None:
+    # 800 rows, batch 16: 50 windows, one grouped pool; lengths 1..101 in no order.
+    lengths = [(i * 37) % 101 + 1 for i in range(800)]
+
+    def spans(order: str) -> list[tuple[int, int]]:
+        windows = epoch_windows(lengths, 16, seed=7, epoch=0, data_order=order)
+        return sorted((min(lengths[i] for i in w), max(lengths[i] for i in w)) for w in windows)
+
+    def mean_spread(order: str) -> float:
+        return sum(high - low for low, high in spans(order)) / 50
+
+    grouped = spans("grouped")
+    # One pool cut in length order: no two windows' lengths overlap (touching at a tie at most).
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(grouped, grouped[1:], strict=False))
+    # Random windows are samples: each spans most of 1..101, and they overlap one another.
+    random_spans = spans("random")
+    assert mean_spread("random") > 70
+    assert any(high > next_low for (_, high), (next_low, _) in zip(random_spans, random_spans[1:],
+                                                                   strict=False))
+    # Windowed sorts pools of 4: between the two.
+    assert mean_spread("grouped") < mean_spread("windowed") < mean_spread("random")
+
+
+def test_every_job_data_order_has_a_pool_and_no_other_is_taken() -> None:
+    assert set(POOL_WINDOWS) == set(DATA_ORDERS)
+    assert DEFAULT_DATA_ORDER in DATA_ORDERS and TrainConfig().data_order == DEFAULT_DATA_ORDER
+    with pytest.raises(ValueError, match="choose one of random, windowed, grouped"):
+        epoch_windows([1, 2, 3], 2, seed=0, epoch=0, data_order="sorted")
+
+
+@pytest.mark.parametrize("order", DATA_ORDERS)
+def test_the_job_data_order_is_the_order_the_loop_trains_in(
+    dataset_dir: Path, model_dir: Path, tmp_path: Path, order: str
+) -> None:
+    # 72 rows, batch 8: 9 windows, one pool for grouped. A forced micro-batch keeps the probe
+    # out of the record.
+    config = make_config(epochs=2, batch_size=8, micro_batch_size=4, data_order=order, seed=3)
+    task = build_task(dataset_dir, model_dir, config)
+    used = record_windows(task)
+    result = run_training(task, config, tmp_path, RecordingSink())
+    assert result.global_step == 18
+    lengths = [int(e["length"]) for e in task.train_examples]
+    expected = [w for epoch in (0, 1) for w in epoch_windows(lengths, 8, 3, epoch, order)]
+    assert used == expected
+    others = [o for o in DATA_ORDERS if o != order]
+    assert all(used != [w for e in (0, 1) for w in epoch_windows(lengths, 8, 3, e, o)] for o in others)
 
 
 def test_config_from_hyperparameters_takes_job_and_settings_fields() -> None:
     from core.jobspec import Hyperparameters
     from core.settings import Settings
 
-    hp = Hyperparameters(batch_size=16, learning_rate=5e-5, eval_strategy="steps", eval_steps=7)
+    hp = Hyperparameters(batch_size=16, learning_rate=5e-5, eval_strategy="steps", eval_steps=7,
+                         data_order="random")
     settings = Settings(max_micro_batch_size=8, keep_last_checkpoints=3, torch_threads=2,
                         fault_oom_above_micro_batch=4, fault_oom_from_step=5, fault_step_delay_s=0.5)
     config = TrainConfig.from_hyperparameters(hp, settings)
     assert (config.batch_size, config.learning_rate, config.eval_steps, config.seed) == (16, 5e-5, 7, 42)
+    assert config.data_order == "random"
     assert (config.max_micro_batch_size, config.keep_last_checkpoints, config.torch_threads) == (8, 3, 2)
     assert (config.fault_oom_above_micro_batch, config.fault_oom_from_step, config.fault_step_delay_s) == (
         4, 5, 0.5)
     # A resumed run takes the job's fields from the checkpoint and keeps today's settings.
-    resumed = config.with_job_fields_of({"batch_size": 32, "fault_oom_from_step": 99})
-    assert (resumed.batch_size, resumed.fault_oom_from_step) == (32, 5)
+    resumed = config.with_job_fields_of({"batch_size": 32, "fault_oom_from_step": 99,
+                                         "data_order": "windowed"})
+    assert (resumed.batch_size, resumed.fault_oom_from_step, resumed.data_order) == (32, 5, "windowed")
 
 
 def test_a_run_logs_evaluates_and_keeps_the_best_and_last_checkpoints(
