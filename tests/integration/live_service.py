@@ -97,10 +97,22 @@ class LiveService:
 
 
 def cli(live: LiveService, *args: str) -> Any:
-    """`tuneserve --url <live> ...` in-process; a wide terminal, so tables keep whole rows."""
-    from app.cli import app
+    """`tuneserve --url <live> ...` in-process; a wide terminal, so tables keep whole rows.
 
-    return CliRunner().invoke(app, ["--url", live.url, *args], env={"COLUMNS": "200"})
+    COLUMNS alone is not enough in a long-lived test process: rich fixes a console's width when
+    it is made if COLUMNS is set then, so the CLI's consoles are given the width for the call."""
+    from app.cli import app
+    from app.client.commands import common
+
+    consoles = (common.console, common.err)
+    saved = [(c._width, c._height) for c in consoles]
+    for c in consoles:
+        c.size = (200, 50)
+    try:
+        return CliRunner().invoke(app, ["--url", live.url, *args], env={"COLUMNS": "200"})
+    finally:
+        for c, (width, height) in zip(consoles, saved, strict=True):
+            c._width, c._height = width, height
 
 
 def run_seed_config_job(live: LiveService, project: Path) -> dict[str, Any]:
