@@ -279,16 +279,3 @@ def tiny_qlora_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for evaluation need every linear layer's input at least one block wide."""
     return make_tiny_chat_lm(tmp_path_factory.mktemp("tiny-qlora-lm"), hidden_size=64, intermediate_size=128)
 
-
-# Test files that spend most of their time waiting on something other than this machine's CPU,
-# longest first: under `make test`'s two pytest-xdist processes they start first, so that the
-# compose stack's image builds overlap the rest of the suite instead of trailing it.
-_START_FIRST = ("tests/test_compose_stack.py",)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        path = item.nodeid.split("::", 1)[0]
-        return _START_FIRST.index(path) if path in _START_FIRST else len(_START_FIRST)
-
-    items.sort(key=rank)  # stable: every other test keeps its order

@@ -13,10 +13,8 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.client import output as out
-from core.db import session_scope
-from core.tables import Dataset, Job, TunedModel
-from tests.conftest import configure, make_chat_adapter
-from tests.worker.families.test_chat_compare import VALIDATION_ROWS, _dataset
+from tests.conftest import configure
+from tests.worker.families.test_chat_compare import VALIDATION_ROWS, add_chat_job_with_model
 
 CAP = 3
 
@@ -46,23 +44,7 @@ def compared_chat_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_ur
 
     configure(monkeypatch, tmp_path, sqlite_url, compare_max_new_tokens="8", compare_max_prompts=str(CAP))
     upgrade_head(get_settings().database_url)
-    adapter = make_chat_adapter(tiny_chat_lm_dir, tmp_path / "adapter", 1)
-    with session_scope() as session:
-        dataset = Dataset(name="qa", task="chat", format="csv", encoding="utf-8", text_column="Q",
-                          label_columns=[], labels=[], sha256="0" * 64,
-                          storage_path=str(_dataset(tmp_path / "data")))
-        session.add(dataset)
-        session.flush()
-        job = Job(dataset_id=dataset.id, base_model=str(tiny_chat_lm_dir), task="chat", state="succeeded",
-                  hyperparameters={})
-        session.add(job)
-        session.flush()
-        model = TunedModel(job_id=job.id, base_model=str(tiny_chat_lm_dir), task="chat", labels=[],
-                           metrics={}, max_seq_length=64, path=str(adapter))
-        session.add(model)
-        session.flush()
-        job.model_id = model.id
-        job_id = str(job.id)
+    job_id = add_chat_job_with_model(tiny_chat_lm_dir, tmp_path, "", state="succeeded")
     assert compare_chat_job(job_id)["prompts"] == CAP
     return job_id
 

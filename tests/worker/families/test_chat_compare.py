@@ -41,25 +41,30 @@ def chat_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sqlite_url: str, t
     def make(**settings: str) -> str:
         configure(monkeypatch, tmp_path, sqlite_url, compare_max_new_tokens="8", **settings)
         upgrade_head(get_settings().database_url)
-        adapter = make_chat_adapter(tiny_chat_lm_dir, tmp_path / f"adapter{len(settings)}", 1)
-        with session_scope() as session:
-            dataset = Dataset(name="qa", task="chat", format="csv", encoding="utf-8", text_column="Q",
-                              label_columns=[], labels=[], sha256="0" * 64,
-                              storage_path=str(_dataset(tmp_path / f"data{len(settings)}")))
-            session.add(dataset)
-            session.flush()
-            job = Job(dataset_id=dataset.id, base_model=str(tiny_chat_lm_dir), task="chat", state="running",
-                      hyperparameters={})
-            session.add(job)
-            session.flush()
-            model = TunedModel(job_id=job.id, base_model=str(tiny_chat_lm_dir), task="chat", labels=[],
-                               metrics={}, max_seq_length=64, path=str(adapter))
-            session.add(model)
-            session.flush()
-            job.model_id = model.id
-            return str(job.id)
+        return add_chat_job_with_model(tiny_chat_lm_dir, tmp_path, f"{len(settings)}", state="running")
 
     return make
+
+
+def add_chat_job_with_model(base: Path, tmp_path: Path, suffix: str, state: str) -> str:
+    """A chat job in `state` on a dataset of the Q/A fixture, with its tuned model (a LoRA adapter
+    of `base`) registered: what the comparison reads. Returns the job's id."""
+    adapter = make_chat_adapter(base, tmp_path / f"adapter{suffix}", 1)
+    with session_scope() as session:
+        dataset = Dataset(name="qa", task="chat", format="csv", encoding="utf-8", text_column="Q",
+                          label_columns=[], labels=[], sha256="0" * 64,
+                          storage_path=str(_dataset(tmp_path / f"data{suffix}")))
+        session.add(dataset)
+        session.flush()
+        job = Job(dataset_id=dataset.id, base_model=str(base), task="chat", state=state, hyperparameters={})
+        session.add(job)
+        session.flush()
+        model = TunedModel(job_id=job.id, base_model=str(base), task="chat", labels=[],
+                           metrics={}, max_seq_length=64, path=str(adapter))
+        session.add(model)
+        session.flush()
+        job.model_id = model.id
+        return str(job.id)
 
 
 def _events(job_id: str, kind: str) -> list[JobEvent]:
