@@ -29,6 +29,8 @@ NO_NUL_PATTERN = "^[^\\u0000]*$"
 DataOrder = Literal["random", "windowed", "grouped"]
 DATA_ORDERS: tuple[str, ...] = get_args(DataOrder)
 DEFAULT_DATA_ORDER: DataOrder = "grouped"
+# Per data_order, the pool of optimizer-step windows sorted by length together (1: random order).
+DATA_ORDER_POOL_WINDOWS: dict[str, int] = {"random": 1, "windowed": 4, "grouped": 50}
 
 
 def _scalar_kind(annotation: Any) -> str | None:
@@ -127,9 +129,10 @@ class Hyperparameters(JsonTypes):
     data_order: DataOrder = Field(
         DEFAULT_DATA_ORDER,
         description="How each epoch orders the training rows. random: every optimizer step's batch is a "
-        "random sample (padding as it falls); windowed: rows sorted by length within pools of 4 "
-        "steps' batches, so each batch is still close to a sample; grouped: within pools of 50 batches, "
-        "the least padding. The order is a function of seed and epoch, so a resumed job sees the same.",
+        "random sample (padding as it falls); windowed: rows sorted by length within pools of "
+        f"{DATA_ORDER_POOL_WINDOWS['windowed']} steps' batches, so each batch is still close to a sample; "
+        f"grouped: within pools of {DATA_ORDER_POOL_WINDOWS['grouped']} batches, the least padding. The "
+        "order is a function of seed and epoch, so a resumed job sees the same.",
     )
     eval_strategy: Literal["epoch", "steps"] = "epoch"
     eval_steps: int | None = Field(

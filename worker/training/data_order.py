@@ -21,11 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.jobspec import DATA_ORDER_POOL_WINDOWS as POOL_WINDOWS
 from core.jobspec import DEFAULT_DATA_ORDER
 from worker.training.config import TrainConfig
-
-# Per job data_order (core/jobspec.py DATA_ORDERS): the pool, in optimizer-step windows.
-POOL_WINDOWS = {"random": 1, "windowed": 4, "grouped": 50}
 
 
 def epoch_windows(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
