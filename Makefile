@@ -54,7 +54,7 @@ test: setup browser docker
 	$(BIN)/ruff check app core worker tests bench migrations examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench-train: setup
 	$(BIN)/python bench/train_bench.py

@@ -181,7 +181,8 @@ class Settings(BaseSettings):
     predict_cache_mb: int = 2048
     # Most texts in one forward pass: larger batches stop helping on CPU and cost latency.
     predict_max_batch_size: int = 32
-    # How long the batcher waits for more requests before running a partial batch.
+    # How long the batcher waits for more requests before running a partial batch. Not paid while
+    # texts come one at a time (the last batch held one): a lone text then runs at once.
     predict_max_wait_ms: float = 2.0
     # Padded tokens per forward pass; bounds activation memory for long texts.
     predict_max_batch_tokens: int = 16_384

@@ -39,6 +39,24 @@ def _redis_url() -> str:
 REDIS_URL = _redis_url()
 
 
+# Run first: the compose stack test builds its images for minutes, which under two pytest
+# processes overlaps the rest of the suite instead of running alone at its end.
+FIRST_FILES = ("tests/test_compose_stack.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files in the order pytest-xdist hands them out (`make test` passes --no-loadscope-reorder,
+    so this order is the one used): FIRST_FILES, then the files with the most tests first, as
+    xdist's own reordering would. A run without xdist keeps the same order."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.nodeid.split("::")[0]] = counts.get(item.nodeid.split("::")[0], 0) + 1
+    first = {name: i for i, name in enumerate(FIRST_FILES)}
+    order = {name: rank for rank, name in enumerate(
+        sorted(counts, key=lambda name: (first.get(name, len(first)), -counts[name])))}
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: within a file as written
+
+
 def _clear_caches() -> None:
     from core.db import _sessionmaker, get_engine
     from core.queue import _client

@@ -5,6 +5,11 @@ A batch closes when it holds `max_batch_size` texts, when its padded size would 
 `max_batch_tokens`, or `max_wait_ms` after its first text arrived, whichever comes first.
 Texts arriving while a forward runs wait in the queue and form the next batch, so under load
 the batch fills itself and the wait never applies. Answers go back in arrival order.
+
+The wait is only worth paying when texts arrive together. While the traffic is one text at a
+time (the last batch held a single text), a lone text runs at once: a single client saves the
+whole wait on every request. The first burst after a quiet spell then runs its first text alone
+and the rest gather behind its forward, after which the wait applies again.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class Batcher(Generic[ItemT, ResultT]):
         # Texts per second of forward time, smoothed: what Retry-After is estimated from.
         self.texts_per_s: float | None = None
         self.batches_run = 0
+        # Texts in the last batch run: 1 (or none yet) means nobody is arriving alongside.
+        self.last_batch_size = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -112,7 +119,8 @@ class Batcher(Generic[ItemT, ResultT]):
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._gather(loop)
+            if self.last_batch_size > 1 or len(self._queue) > 1:
+                await self._gather(loop)
             batch = [p for p in self._take_batch() if not p.future.cancelled()]
             if batch:
                 await self._run(loop, batch)
@@ -166,6 +174,7 @@ class Batcher(Generic[ItemT, ResultT]):
         rate = len(batch) / elapsed
         self.texts_per_s = rate if self.texts_per_s is None else 0.8 * self.texts_per_s + 0.2 * rate
         self.batches_run += 1
+        self.last_batch_size = len(batch)
         for p, result in zip(batch, results, strict=True):
             if not p.future.done():
                 p.future.set_result(result)

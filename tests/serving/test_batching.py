@@ -109,3 +109,25 @@ async def test_close_refuses_new_texts_and_aclose_fails_the_rest() -> None:
         await batcher.aclose()
         release.set()
     assert all(isinstance(f.exception(), BatcherClosed) for f in futures)
+
+
+async def test_a_lone_text_runs_at_once_and_the_wait_returns_with_company() -> None:
+    """One text at a time pays no batch wait; once a batch held several, the wait applies."""
+    seen: list[list[int]] = []
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = _batcher(executor, seen, max_wait_ms=600)
+        lone: list[float] = []
+        for item in range(3):
+            started = loop.time()
+            assert await batcher.submit([item], [5])[0] == item * 10
+            lone.append(loop.time() - started)
+        # Two texts together: they gather (the batch is not full), then run as one batch.
+        assert await asyncio.gather(*batcher.submit([7, 8], [5, 5])) == [70, 80]
+        started = loop.time()
+        assert await batcher.submit([9], [5])[0] == 90  # company was seen: this one waits
+        waited = loop.time() - started
+        await batcher.aclose()
+    assert max(lone) < 0.3, lone  # a 600 ms wait would show in every one of them
+    assert waited >= 0.5, waited
+    assert seen == [[0], [1], [2], [7, 8], [9]]
