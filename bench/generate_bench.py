@@ -262,6 +262,26 @@ async def _load(url: str, payloads: list[dict[str, Any]], clients: int) -> dict[
             "request_p50_ms": pct(total, 0.5), "request_p95_ms": pct(total, 0.95)}
 
 
+async def _healthz(url: str, clients: int) -> dict[str, Any]:
+    """`clients` concurrent GET /healthz, each on its own new connection: the HTTP floor."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=clients + 4)) as client:
+        await client.get("/healthz")
+
+        async def one() -> float:
+            started = time.perf_counter()
+            (await client.get("/healthz")).raise_for_status()
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        times = sorted(await asyncio.gather(*(one() for _ in range(clients))))
+        wall = time.perf_counter() - started
+    return {"clients": clients, "wall_ms": round(wall * 1000, 1),
+            "p50_ms": round(times[len(times) // 2] * 1000, 1),
+            "p95_ms": round(times[int(0.95 * len(times))] * 1000, 1)}
+
+
 def part_b(model_dir: Path, work: Path, requests: int, new_tokens: int, device: str) -> dict[str, Any]:
     env = {**os.environ, **_register(model_dir, work), "TUNESERVE_PREDICT_DEVICE": device,
            "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -285,6 +305,12 @@ def part_b(model_dir: Path, work: Path, requests: int, new_tokens: int, device: 
         payloads = [{"model_id": "mdl_bench", "messages": [{"role": "user", "content": q}],
                      "max_new_tokens": new_tokens, "temperature": 0, "stream": True} for q in qs]
         runs = {str(c): asyncio.run(_load(url, payloads, c)) for c in (1, 8, 32)}
+        # What the 32-client time to first token is made of: the same 32 requests asking for one
+        # token (HTTP, lookup, template and prefill, no decoding), and 32 GET /healthz on fresh
+        # connections (HTTP alone, client and server on the same cores).
+        one_token = [{**p, "max_new_tokens": 1} for p in payloads]
+        runs["32_one_token"] = asyncio.run(_load(url, one_token, 32))
+        runs["32_healthz"] = asyncio.run(_healthz(url, 32))
     finally:
         server.terminate()
         server.wait(30)
