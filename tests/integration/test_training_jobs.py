@@ -71,7 +71,9 @@ def test_job_trains_records_everything_and_registers_a_model(stack: Any, tmp_pat
                for c, p in zip(checkpoints, metrics["eval"], strict=True))
 
     kinds = _event_kinds(client, job_id)
-    assert kinds[:5] == ["queued", "claimed", "memory_plan", "batch_probe", "started"]
+    assert kinds[:6] == ["queued", "claimed", "memory_plan", "new_weights", "batch_probe", "started"]
+    new_weights = next(e for e in client.get(f"/jobs/{job_id}/events").json() if e["kind"] == "new_weights")
+    assert new_weights["message"].startswith("A new classification head: classifier.weight, classifier.bias")
     assert job["memory_plan"]["fits"] and job["memory_plan"]["choice"]["quantization"] == "none"
     assert kinds[-1] == "succeeded" and "model_ready" in kinds and "comparison" in kinds
 

@@ -98,7 +98,8 @@ def test_a_label_outside_the_label_list_is_refused(tmp_path: Path, model_dir: Pa
 def test_a_tuned_model_with_another_label_set_can_be_a_base(multi_model_dir: Path) -> None:
     """A 3-label multi-label model as the base of a 5-label single-label task: the head is replaced."""
     names = ["v", "w", "x", "y", "z"]
-    model, _ = load_classifier(str(multi_model_dir), names, multi_label=False, seed=0)
+    model, _, new_weights = load_classifier(str(multi_model_dir), names, multi_label=False, seed=0)
+    assert new_weights == "a new classification head: classifier.weight, classifier.bias"
     assert model.config.id2label == dict(enumerate(names))
     assert model.config.problem_type == "single_label_classification"
     assert model.classifier.out_features == 5
@@ -138,7 +139,7 @@ def test_a_hub_name_in_the_local_cache_loads_offline(model_dir: Path, tmp_path: 
     shutil.copytree(model_dir, repo / "snapshots" / commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert constants.HF_HUB_OFFLINE  # the tests never reach the network
-    model, tokenizer = load_classifier("someorg/tiny-classifier", LABELS, False, seed=0)
+    model, tokenizer, _ = load_classifier("someorg/tiny-classifier", LABELS, False, seed=0)
     assert model.config.id2label == dict(enumerate(LABELS))
     assert tokenizer("a goal")["input_ids"]
 

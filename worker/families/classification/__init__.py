@@ -20,7 +20,12 @@ class ClassificationFamily:
     tasks = frozenset({"single_label", "multi_label"})
 
     def setup_events(self, training_task: Any, config: TrainConfig) -> list[tuple[str, str, dict[str, Any]]]:
-        return []
+        """The weights the base did not have, as the job's first word on its model: a user who
+        picked a checkpoint with its own head sees "no new weights" here instead of a fresh head."""
+        message = getattr(training_task, "new_weights", "")
+        if not message:
+            return []
+        return [("new_weights", message[0].upper() + message[1:] + ".", {})]
 
     def build_training_task(self, dataset_dir: Path, labels: list[str], task: str, base_model: str,
                             config: TrainConfig) -> TrainingTask:

@@ -51,6 +51,8 @@ class ClassificationTask:
     # Multi-label decision thresholds, tuned on validation at every evaluation (label order).
     thresholds: list[float] | None = None
     metric_names: frozenset[str] = field(default=SINGLE_LABEL_METRICS)
+    # transformers' loading report in one line: the new head's weights (see new_weights_message).
+    new_weights: str = ""
 
     @property
     def task_name(self) -> str:
@@ -201,8 +203,9 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def load_classifier(base_model: str, labels: list[str], multi_label: bool, seed: int) -> tuple[Any, Any]:
-    """(model, tokenizer); the new head's initialisation follows the seed."""
+def load_classifier(base_model: str, labels: list[str], multi_label: bool,
+                    seed: int) -> tuple[Any, Any, str]:
+    """(model, tokenizer, the new weights in words); the new head's initialisation follows the seed."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from worker.families.loading import check_tokenizer_packages
@@ -222,9 +225,10 @@ def load_classifier(base_model: str, labels: list[str], multi_label: bool, seed:
         )
     except Exception as error:  # noqa: BLE001 - every reason becomes a message the user can act on
         raise _unloadable(base_model, source, error) from error
-    log.info("%s", new_weights_message(loading, order=list(model.state_dict())))
+    message = new_weights_message(loading, order=list(model.state_dict()))
+    log.info("%s", message)
     set_pad_token(model, tokenizer, base_model)
-    return model, tokenizer
+    return model, tokenizer, message
 
 
 def new_weights_message(loading: dict[str, Any], order: Sequence[str] = ()) -> str:
@@ -248,7 +252,7 @@ def build_classification_task(dataset_dir: Path, labels: list[str], multi_label:
     dataset_dir = Path(dataset_dir)
     if not labels:
         raise TrainingError("The dataset has no labels to train on.")
-    model, tokenizer = load_classifier(base_model, labels, multi_label, config.seed)
+    model, tokenizer, new_weights = load_classifier(base_model, labels, multi_label, config.seed)
     # Never past the model's position embeddings (index errors), whatever the job asks for.
     max_positions = getattr(model.config, "max_position_embeddings", None)
     max_seq_length = min(config.max_seq_length, max_positions) if max_positions else config.max_seq_length
@@ -267,6 +271,7 @@ def build_classification_task(dataset_dir: Path, labels: list[str], multi_label:
         if config.class_weights == "auto" and train_labels else None,
         baseline_loss=_baseline_loss(train_labels, len(labels), multi_label),
         metric_names=MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS,
+        new_weights=new_weights,
     )
     log.info("task %s: %d train / %d validation examples, %d labels, max %d tokens (longest %d)",
              task.task_name, len(task.train_examples), len(task.eval_examples), len(labels), max_seq_length,
