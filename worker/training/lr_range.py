@@ -43,6 +43,13 @@ SMOOTHING = 0.98
 # stops there, and no rate at or past that point can be chosen.
 DIVERGENCE_FACTOR = 4.0
 RULE = "minimum/10"
+# A job that trains every weight (a full fine-tune: a pretrained encoder under a new head) is never
+# given more than this. The new head's loss falls fastest at rates that wreck the pretrained
+# weights beneath it, so its curve's minimum/10 came out at 1.4e-3 for MiniLM, where the encoder
+# collapsed to predicting one class (BENCHMARKS.md, "Choosing the learning rate"); BERT-family
+# fine-tunes are published at 1e-5 to 5e-5. LoRA and other partial runs train new weights, whose
+# own curve is the signal: no ceiling.
+FULL_FINETUNE_MAX_LR = 3e-5
 
 
 @dataclass
@@ -54,6 +61,7 @@ class RangeTest:
     rule: str
     diverged_at: float | None    # the first rate whose smoothed loss blew up; None if none did
     seconds: float
+    ceiling: float | None = None  # the most the rule could choose (a full fine-tune); None: no ceiling
     samples: int = 0             # what the test trained on
     job_samples: int = 0         # what the job trains on (the test's budget is a share of it)
 
@@ -61,7 +69,7 @@ class RangeTest:
         return {"lrs": self.lrs, "losses": self.losses, "raw_losses": self.raw_losses,
                 "chosen": self.chosen, "rule": self.rule, "diverged_at": self.diverged_at,
                 "steps": len(self.lrs), "samples": self.samples, "job_samples": self.job_samples,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "ceiling": self.ceiling}
 
 
 def smooth(losses: Sequence[float], beta: float = SMOOTHING) -> list[float]:
@@ -73,8 +81,9 @@ def smooth(losses: Sequence[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
-def choose_learning_rate(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, str]:
-    """The rate at the smoothed loss's minimum, divided by 10.
+def choose_learning_rate(lrs: Sequence[float], smoothed: Sequence[float],
+                         ceiling: float | None = None) -> tuple[float, str]:
+    """The rate at the smoothed loss's minimum, divided by 10, and never above `ceiling`.
 
     Why this rule and not the steepest descent: at the minimum the rate is already as large as
     the model tolerates for a few steps (a whole run there overshoots), and one order of magnitude
@@ -89,7 +98,10 @@ def choose_learning_rate(lrs: Sequence[float], smoothed: Sequence[float]) -> tup
     if not finite:
         return lrs[0], RULE + " (no finite loss: the smallest tested rate)"
     _, at = min(finite)
-    return max(lrs[at] / 10.0, lrs[0]), RULE
+    chosen = max(lrs[at] / 10.0, lrs[0])
+    if ceiling is not None and chosen > ceiling:
+        return ceiling, f"{RULE}, capped at {ceiling:.0e} for a full fine-tune"
+    return chosen, RULE
 
 
 def smoothing_for(steps: int) -> float:
@@ -167,7 +179,8 @@ def run(trainer: Trainer, job_samples: int, max_steps: int = MAX_STEPS, lr_start
     if not lrs:
         # The very first micro-batch at LR_START already gave no finite loss: not a rate problem.
         lrs, raw, smoothed = [lr_start], [math.inf], [math.inf]
-    chosen, rule = choose_learning_rate(lrs, smoothed)
+    ceiling = FULL_FINETUNE_MAX_LR if all(p.requires_grad for p in model.parameters()) else None
+    chosen, rule = choose_learning_rate(lrs, smoothed, ceiling)
     return RangeTest(lrs=lrs, losses=smoothed, raw_losses=raw, chosen=chosen, rule=rule,
                      diverged_at=diverged_at, seconds=time.perf_counter() - started,
-                     samples=len(raw) * micro, job_samples=job_samples)
+                     samples=len(raw) * micro, job_samples=job_samples, ceiling=ceiling)

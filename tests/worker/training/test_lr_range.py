@@ -36,6 +36,11 @@ def test_the_rule_is_the_minimum_over_ten_and_stays_below_the_blow_up() -> None:
     assert lr_range.choose_learning_rate(lrs[:5], [3.0, 3.1, 3.2, 3.3, 3.4])[0] == lrs[0]
     # No finite loss at all: the smallest tested rate too.
     assert lr_range.choose_learning_rate([1e-7], [math.inf])[0] == 1e-7
+    # A full fine-tune is never given more than the ceiling, and the rule says so.
+    capped, capped_rule = lr_range.choose_learning_rate(lrs, smoothed, ceiling=3e-5)
+    assert chosen > 3e-5 and capped == 3e-5
+    assert capped_rule == "minimum/10, capped at 3e-05 for a full fine-tune"
+    assert lr_range.choose_learning_rate(lrs[:5], [3.0, 3.1, 3.2, 3.3, 3.4], ceiling=3e-5)[0] == lrs[0]
 
 
 def test_a_too_high_rate_is_never_chosen_and_the_model_is_left_as_it_was(
@@ -52,7 +57,9 @@ def test_a_too_high_rate_is_never_chosen_and_the_model_is_left_as_it_was(
     assert test.lrs == sorted(test.lrs) and test.lrs[-1] < test.diverged_at
     assert test.chosen < test.diverged_at / 10  # an order of magnitude below the blow-up, at least
     at = min(range(len(test.losses)), key=lambda i: test.losses[i])
-    assert test.chosen == pytest.approx(max(test.lrs[at] / 10, test.lrs[0]))
+    # Every weight of this model trains: a full fine-tune, so the ceiling applies.
+    assert test.ceiling == lr_range.FULL_FINETUNE_MAX_LR
+    assert test.chosen == pytest.approx(min(max(test.lrs[at] / 10, test.lrs[0]), test.ceiling))
     assert all(math.isfinite(x) for x in test.losses)
     # Nothing of the test stays: weights, gradients, RNG streams.
     assert max_weight_diff(before, weights(trainer.model)) == 0.0
@@ -75,7 +82,7 @@ def test_auto_trains_at_the_chosen_rate_exactly_as_a_run_given_that_rate(
     # 72 rows x 2 epochs: 5% of it is 2 micro-batches of 4, so the minimum applies.
     assert test["steps"] == len(test["lrs"]) == len(test["losses"]) == lr_range.MIN_STEPS
     assert (test["samples"], test["job_samples"]) == (lr_range.MIN_STEPS * 4, 144)
-    assert test["rule"] == "minimum/10" and test["lrs"][0] == lr_range.LR_START
+    assert test["rule"].startswith("minimum/10") and test["lrs"][0] == lr_range.LR_START
     chosen = test["chosen"]
     assert lr_range.LR_START <= chosen < 1.0
     # The schedule peaks at the chosen rate (warmup 20%: the peak is reached within the run).
