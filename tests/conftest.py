@@ -46,15 +46,23 @@ FIRST_FILES = ("tests/test_compose_stack.py",)
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files in the order pytest-xdist hands them out (`make test` passes --no-loadscope-reorder,
-    so this order is the one used): FIRST_FILES, then the files with the most tests first, as
-    xdist's own reordering would. A run without xdist keeps the same order."""
+    so this order is the one used): FIRST_FILES, then the files with slow tests (real workers,
+    the real model), then the rest; the most tests first within each. The many quick files come
+    last and even out the two processes' ends, where slow ones last ran alone. A run without
+    xdist keeps the same order."""
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
     counts: dict[str, int] = {}
+    slow: set[str] = set()
     for item in items:
-        counts[item.nodeid.split("::")[0]] = counts.get(item.nodeid.split("::")[0], 0) + 1
+        counts[file_of(item)] = counts.get(file_of(item), 0) + 1
+        if item.get_closest_marker("slow") is not None:
+            slow.add(file_of(item))
     first = {name: i for i, name in enumerate(FIRST_FILES)}
-    order = {name: rank for rank, name in enumerate(
-        sorted(counts, key=lambda name: (first.get(name, len(first)), -counts[name])))}
-    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: within a file as written
+    order = {name: rank for rank, name in enumerate(sorted(
+        counts, key=lambda name: (first.get(name, len(first)), name not in slow, -counts[name])))}
+    items.sort(key=lambda item: order[file_of(item)])  # stable: within a file as written
 
 
 def _clear_caches() -> None:
