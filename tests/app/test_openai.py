@@ -124,6 +124,23 @@ def test_chat_completions_refuse_what_they_cannot_honour(oai: openai.OpenAI, tmp
         oai.chat.completions.create(model=classifier_id, messages=messages)
     with pytest.raises(openai.NotFoundError):  # an ft: name that is not this model's
         oai.chat.completions.create(model=f"ft:x:y:{model_id}", messages=messages)
+    # A checkpoint's name (as /checkpoints lists it) is no model: the answer names the one to use.
+    with session_scope() as session:
+        job = Job(base_model="x", task="chat", state="succeeded", hyperparameters={}, model_id=model_id)
+        running = Job(base_model="x", task="chat", state="running", hyperparameters={})
+        session.add_all([job, running])
+        session.flush()
+        job_id, running_id = job.id, running.id
+    with pytest.raises(openai.NotFoundError) as checkpoint:
+        oai.chat.completions.create(model=f"ft:x::{job_id}:ckpt-step-5", messages=messages)
+    assert checkpoint.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert checkpoint.value.body["message"] == (  # type: ignore[index]
+        f"The model 'ft:x::{job_id}:ckpt-step-5' is a checkpoint of fine-tuning job {job_id}: tuneserve "
+        f"serves a job's tuned model, not each of its checkpoints; use 'ft:x::{model_id}', the job's "
+        "fine_tuned_model.")
+    with pytest.raises(openai.NotFoundError) as unfinished:
+        oai.chat.completions.create(model=f"ft:x::{running_id}:ckpt-step-2", messages=messages)
+    assert "the job (running) has no tuned model yet" in unfinished.value.body["message"]  # type: ignore[index]
     refused: list[tuple[dict[str, Any], str]] = [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}},

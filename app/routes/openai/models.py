@@ -3,6 +3,7 @@ takes a job's `fine_tuned_model` name (ft:<base>:<suffix>:<model id>)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -27,6 +28,23 @@ def _object(model: TunedModel) -> ModelObject:
                        owned_by=model.tenant_id or ORGANIZATION)
 
 
+# What /v1/fine_tuning/jobs/{id}/checkpoints names each checkpoint: ft:<base>:<suffix>:<job id>:ckpt-step-N.
+CHECKPOINT_NAME = re.compile(r"^ft:.*:(?P<job>[^:]+):ckpt-step-(?P<step>\d+)$")
+
+
+def _checkpoint_words(session: Session, principal: Principal, name: str) -> str | None:
+    """For a checkpoint's name: why it is not a model, and which name is (None: not one)."""
+    match = CHECKPOINT_NAME.match(name)
+    job = principal.visible(session.get(Job, match["job"])) if match else None
+    if job is None:
+        return None
+    tuned = fine_tuned_model_name(job)
+    served = (f"use '{tuned}', the job's fine_tuned_model" if tuned else
+              f"the job ({job.state}) has no tuned model yet; it gets one when it succeeds")
+    return (f"The model '{name}' is a checkpoint of fine-tuning job {job.id}: tuneserve serves a job's "
+            f"tuned model, not each of its checkpoints; {served}.")
+
+
 def chat_model_or_404(session: Session, principal: Principal, name: str,
                       param: str | None = None) -> TunedModel:
     """The caller's tuned chat model that `name` (an id or an ft: name) names; another key's model,
@@ -37,6 +55,8 @@ def chat_model_or_404(session: Session, principal: Principal, name: str,
         job = session.get(Job, model.job_id) if model.job_id else None
         if job is None or fine_tuned_model_name(job) != name:
             model = None
+    if model is None and (words := _checkpoint_words(session, principal, name)) is not None:
+        raise OpenAIError(404, words, param=param, code="model_not_found")
     if model is None or model.task != "chat":
         raise OpenAIError(404, f"The model '{name}' does not exist or you do not have access to it; "
                                "GET /v1/models lists the chat models you can use.", param=param,

@@ -37,10 +37,11 @@ def test_the_rule_is_the_minimum_over_ten_and_stays_below_the_blow_up() -> None:
     # No finite loss at all: the smallest tested rate too.
     assert lr_range.choose_learning_rate([1e-7], [math.inf])[0] == 1e-7
     # A full fine-tune is never given more than the ceiling, and the rule says so.
-    capped, capped_rule = lr_range.choose_learning_rate(lrs, smoothed, ceiling=3e-5)
-    assert chosen > 3e-5 and capped == 3e-5
-    assert capped_rule == "minimum/10, capped at 3e-05 for a full fine-tune"
-    assert lr_range.choose_learning_rate(lrs[:5], [3.0, 3.1, 3.2, 3.3, 3.4], ceiling=3e-5)[0] == lrs[0]
+    ceiling = lr_range.FULL_FINETUNE_MAX_LR
+    capped, capped_rule = lr_range.choose_learning_rate(lrs, smoothed, ceiling=ceiling)
+    assert chosen > ceiling and capped == ceiling
+    assert capped_rule == "minimum/10, capped at 2e-04 for a full fine-tune"
+    assert lr_range.choose_learning_rate(lrs[:5], [3.0, 3.1, 3.2, 3.3, 3.4], ceiling=ceiling)[0] == lrs[0]
 
 
 def test_a_too_high_rate_is_never_chosen_and_the_model_is_left_as_it_was(
