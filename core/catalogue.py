@@ -41,13 +41,17 @@ class TaskEntry:
         return metric not in LOWER_IS_BETTER
 
 
+# LoRA's default peak rate, as peft's and TRL's examples use (a full fine-tune's is
+# Hyperparameters' own default, in core/jobspec.py).
+LORA_LEARNING_RATE = 2e-4
+
 CATALOGUE: dict[str, TaskEntry] = {
     "single_label": TaskEntry("single_label", "classification", SINGLE_LABEL_METRICS, "f1_macro"),
     "multi_label": TaskEntry("multi_label", "classification", MULTI_LABEL_METRICS, "f1_macro"),
     # LoRA trains a few new weights from zero: it wants ~10x the learning rate of a full fine-tune
-    # (2e-4, as peft's and TRL's examples use); conversations are longer than texts.
+    # (LORA_LEARNING_RATE); conversations are longer than texts.
     "chat": TaskEntry("chat", "chat", CHAT_METRICS, "loss",
-                      job_defaults={"learning_rate": 2e-4, "max_seq_length": 512}),
+                      job_defaults={"learning_rate": LORA_LEARNING_RATE, "max_seq_length": 512}),
 }
 TRAINABLE_TASKS = frozenset(CATALOGUE)
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from core.catalogue import LORA_LEARNING_RATE
+from core.jobspec import Hyperparameters
 from worker.training.devices import to_device
 from worker.training.optim import build_optimizer
 from worker.training.rng import capture_rng, restore_rng
@@ -82,8 +84,14 @@ def smooth(losses: Sequence[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
+def default_rate(full_finetune: bool) -> float:
+    """The rate a job gets when it does not choose: a full fine-tune's default, or LoRA's."""
+    default = Hyperparameters.model_fields["learning_rate"].default
+    return float(default) if full_finetune else LORA_LEARNING_RATE
+
+
 def choose_learning_rate(lrs: Sequence[float], smoothed: Sequence[float],
-                         ceiling: float | None = None) -> tuple[float, str]:
+                         ceiling: float | None = None, fallback: float | None = None) -> tuple[float, str]:
     """The rate at the smoothed loss's minimum, divided by 10, and never above `ceiling`.
 
     Why this rule and not the steepest descent: at the minimum the rate is already as large as
@@ -92,13 +100,16 @@ def choose_learning_rate(lrs: Sequence[float], smoothed: Sequence[float],
     is a derivative of a noisy series and jumps between runs, the minimum much less. The chosen
     rate is always below the minimum, so below where the loss blows up. The curve must hold only
     points before the blow-up (run() stops there). A curve that never falls (minimum at its first
-    point) gives its first rate: the smallest tested, never a guess past the data."""
+    point) says nothing of the rate: it gives `fallback` (the job's default rate, when under the
+    curve's first blow-up), else the smallest rate tested, never a guess past the data."""
     if not lrs:
         raise ValueError("an empty range-test curve")
     finite = [(loss, i) for i, loss in enumerate(smoothed) if math.isfinite(loss)]
     if not finite:
         return lrs[0], RULE + " (no finite loss: the smallest tested rate)"
     _, at = min(finite)
+    if at == 0 and fallback is not None and len(lrs) > 1 and fallback <= lrs[-1]:
+        return fallback, f"{RULE} (the loss never fell: the default {fallback:.0e})"
     chosen = max(lrs[at] / 10.0, lrs[0])
     if ceiling is not None and chosen > ceiling:
         return ceiling, f"{RULE}, capped at {ceiling:.0e} for a full fine-tune"
@@ -180,8 +191,9 @@ def run(trainer: Trainer, job_samples: int, max_steps: int = MAX_STEPS, lr_start
     if not lrs:
         # The very first micro-batch at LR_START already gave no finite loss: not a rate problem.
         lrs, raw, smoothed = [lr_start], [math.inf], [math.inf]
-    ceiling = FULL_FINETUNE_MAX_LR if all(p.requires_grad for p in model.parameters()) else None
-    chosen, rule = choose_learning_rate(lrs, smoothed, ceiling)
+    full_finetune = all(p.requires_grad for p in model.parameters())
+    ceiling = FULL_FINETUNE_MAX_LR if full_finetune else None
+    chosen, rule = choose_learning_rate(lrs, smoothed, ceiling, fallback=default_rate(full_finetune))
     return RangeTest(lrs=lrs, losses=smoothed, raw_losses=raw, chosen=chosen, rule=rule,
                      diverged_at=diverged_at, seconds=time.perf_counter() - started,
                      samples=len(raw) * micro, job_samples=job_samples, ceiling=ceiling)
