@@ -192,6 +192,8 @@ def test_sigterm_to_a_worker_stops_at_the_next_step_and_queues_the_job(
     job = wait_for_job(client, job_id, {"succeeded", "failed"}, timeout_s=120, worker=last)
     assert job["state"] == "succeeded", job["error"]
     assert [e["data"]["step"] for e in _events(client, job_id, "resumed")] == [stopped["data"]["step"]]
+    # The resumed attempt restored its head from the checkpoint: the new head was said once.
+    assert len(_events(client, job_id, "new_weights")) == 1
     _assert_each_step_once(client, job_id)
 
 

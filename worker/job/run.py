@@ -75,9 +75,14 @@ def run_job(job_id: str, sink: SqlSink) -> tuple[JobState, dict[str, Any]]:
     training_task = family.build_training_task(dataset_dir, labels, task, base_model_path, config)
     if sink.should_stop():  # cancelled (or stopped) while the model loaded: before the probe's work
         return JobState.CANCELLED, {}
-    for kind, message, data in family.setup_events(training_task, config):
-        sink.event(kind, message, data)
-    result = run_training(training_task, config, store.job_dir(settings.models_dir, job_id), sink)
+    job_dir = store.job_dir(settings.models_dir, job_id)
+    # What the model and data are (a new head, LoRA's size, tokens an epoch): said once, by the
+    # attempt that trains from the start. A resumed attempt restores its weights from a checkpoint,
+    # and a second "a new classification head" would read as if they had been reset.
+    if not store.list_checkpoints(store.checkpoints_dir(settings.models_dir, job_id)):
+        for kind, message, data in family.setup_events(training_task, config):
+            sink.event(kind, message, data)
+    result = run_training(training_task, config, job_dir, sink)
     if result.cancelled:
         return JobState.CANCELLED, {}
     checkpoint = result.best_checkpoint if hp.load_best_model_at_end and result.best_checkpoint else None
