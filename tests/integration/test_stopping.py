@@ -202,15 +202,17 @@ def test_sigterm_to_a_worker_stops_at_the_next_step_and_queues_the_job(
 def test_a_worker_killed_before_its_first_checkpoint_twice_leaves_each_step_once(
     stack: Any, tmp_path: Path, tiny_encoder_dir: Path, embedded: bool,
 ) -> None:
-    client, start_worker = stack(embedded_broker=embedded, **SLOW)
+    # A second a step: the kill at step 1 has four seconds before the first checkpoint (step 5),
+    # room enough on a loaded machine (with 0.4 s a step, a checkpoint once slipped in first).
+    client, start_worker = stack(embedded_broker=embedded, **{**SLOW, "fault_step_delay_s": 1.0})
     job_id = _start_job(client, tmp_path, tiny_encoder_dir)
     for kill in range(2):
         worker = start_worker()
         wait_until(lambda k=kill: len(_events(client, job_id, "started")) == k + 1,  # type: ignore[misc]
                    timeout_s=120, what=f"attempt {kill + 1} to start")
-        wait_until(lambda: client.get(f"/jobs/{job_id}").json()["step"] >= 2, what="step 2")
-        assert client.get(f"/jobs/{job_id}/checkpoints").json() == []  # before the first one (step 5)
+        wait_until(lambda: client.get(f"/jobs/{job_id}").json()["step"] >= 1, what="step 1")
         worker.kill()
+        assert client.get(f"/jobs/{job_id}/checkpoints").json() == []  # killed before the first one
     last = start_worker()
     job = wait_for_job(client, job_id, {"succeeded", "failed"}, timeout_s=180, worker=last)
     assert job["state"] == "succeeded", job["error"]
