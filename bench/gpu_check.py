@@ -110,6 +110,12 @@ class SyntheticTask:
     def eval_payload(self, output: Any, batch: dict[str, torch.Tensor]) -> Any:
         return float(output)
 
+    def train_counts(self, output: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+    def train_metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        return {}
+
     def compute_metrics(self, payloads: list[Any]) -> dict[str, Any]:
         return {}
 

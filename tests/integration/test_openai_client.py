@@ -108,6 +108,7 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
     metrics = [e for e in events if e.type == "metrics"]
     train_points = [e.data for e in metrics if e.data and e.data.get("train_loss") is not None]  # type: ignore[union-attr]
     assert sorted(p["step"] for p in train_points) == list(range(1, 11))  # type: ignore[index]
+    assert all(0.0 <= p["train_mean_token_accuracy"] <= 1.0 for p in train_points)  # type: ignore[index]
     assert any(e.data and e.data.get("valid_loss") is not None for e in metrics)  # type: ignore[union-attr]
     assert any(e.type == "message" and "n_epochs auto: 5" in e.message for e in events)
     first_two = client.fine_tuning.jobs.list_events(job.id, limit=2)
@@ -118,6 +119,7 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints and checkpoints[0].step_number == 10  # newest first: the last epoch's end
     assert checkpoints[0].metrics.valid_loss is not None and checkpoints[0].metrics.train_loss is not None
+    assert checkpoints[0].metrics.train_mean_token_accuracy is not None
     assert checkpoints[0].fine_tuned_model_checkpoint.endswith(":ckpt-step-10")
 
     assert model_id in [m.id for m in client.models.list().data]

@@ -65,11 +65,11 @@ def run_training(task: TrainingTask, config: TrainConfig, run_dir: Path, sink: T
 
         # ---- one optimizer step over the window, micro-batch by micro-batch ---------------
         started = time.perf_counter()
-        loss = trainer.train_window(examples, window, step)
+        loss, counts = trainer.train_window(examples, window, step)
         grad_norm = trainer.optimizer_step()
         faults.step_delay(config.fault_step_delay_s)
         state.global_step = step
-        run.record_step(step, loss, lr, grad_norm, len(window), time.perf_counter() - started)
+        run.record_step(step, loss, counts, lr, grad_norm, len(window), time.perf_counter() - started)
 
         if sink.lost_ownership():
             stopped = True  # the job was taken over: this attempt writes nothing more
@@ -77,7 +77,7 @@ def run_training(task: TrainingTask, config: TrainConfig, run_dir: Path, sink: T
         saved = True
         if run.eval_due(step):
             # ---- evaluate, checkpoint, early stopping -------------------------------------
-            metrics = evaluate_step(trainer, run.since_eval.mean_loss, step, run.epoch(step),
+            metrics = evaluate_step(trainer, run.since_eval, step, run.epoch(step),
                                     last_step=step == run.total_steps)
             run.since_eval = TrainInterval()
             run.checkpoint(step, metrics)
@@ -186,18 +186,22 @@ def check_trainable(task: TrainingTask, config: TrainConfig) -> None:
 
 @dataclass
 class TrainInterval:
-    """Train losses summed since a mark (the last train point, or the last evaluation)."""
+    """Train losses (and the task's train counts) summed since a mark (the last train point, or
+    the last evaluation)."""
 
     loss: float = 0.0
     steps: int = 0
     samples: int = 0
     time_s: float = 0.0
+    counts: dict[str, float] = field(default_factory=dict)
 
-    def add(self, loss: float, samples: int, time_s: float) -> None:
+    def add(self, loss: float, counts: dict[str, float], samples: int, time_s: float) -> None:
         self.loss += loss
         self.steps += 1
         self.samples += samples
         self.time_s += time_s
+        for name, value in counts.items():
+            self.counts[name] = self.counts.get(name, 0.0) + value
 
     @property
     def mean_loss(self) -> float:
@@ -241,19 +245,20 @@ class Run:
             self._epoch_index = epoch_index
         return self._windows[index_in_epoch]
 
-    def record_step(self, step: int, loss: float, lr: float, grad_norm: float, samples: int,
-                    took_s: float) -> None:
+    def record_step(self, step: int, loss: float, counts: dict[str, float], lr: float, grad_norm: float,
+                    samples: int, took_s: float) -> None:
         """The step's log line, its train point every logging_steps, and the job's progress."""
         trainer, state = self.trainer, self.trainer.state
         self.steps_this_run += 1
         log.info("step %d/%d | epoch %.2f | loss %.4f | lr %.3e | %.1f samples/s | micro %d x %d", step,
                  self.total_steps, self.epoch(step), loss, lr, samples / took_s, state.micro_batch_size,
                  trainer.grad_accum_steps)
-        self.interval.add(loss, samples, took_s)
-        self.since_eval.add(loss, samples, took_s)
+        self.interval.add(loss, counts, samples, took_s)
+        self.since_eval.add(loss, counts, samples, took_s)
         if step % trainer.config.logging_steps == 0 or step == self.total_steps:
             trainer.sink.train_point(step, self.epoch(step), {
-                "loss": self.interval.mean_loss, "learning_rate": lr, "grad_norm": grad_norm,
+                "loss": self.interval.mean_loss, **trainer.task.train_metrics(self.interval.counts),
+                "learning_rate": lr, "grad_norm": grad_norm,
                 "samples_per_second": self.interval.samples / self.interval.time_s,
                 "micro_batch_size": state.micro_batch_size, "grad_accum_steps": trainer.grad_accum_steps,
             })
@@ -297,14 +302,18 @@ class Run:
         self.last_checkpoint, self.last_checkpoint_at = path, time.monotonic()
 
 
-def evaluate_step(trainer: Trainer, train_loss: float, step: int, epoch: float,
+def evaluate_step(trainer: Trainer, since_eval: TrainInterval, step: int, epoch: float,
                   last_step: bool) -> dict[str, Any]:
-    """Evaluate, diagnose the fit, record the point, and update the best and early stopping."""
+    """Evaluate, diagnose the fit, record the point, and update the best and early stopping.
+    The train figures since the last evaluation go with it as train_loss, train_<metric>."""
     task, config, state, sink = trainer.task, trainer.config, trainer.state, trainer.sink
     metrics = evaluate(trainer)
     if "loss" in metrics:
+        train_loss = since_eval.mean_loss
         metrics["fit"] = diagnose_fit(train_loss, metrics["loss"], state.eval_losses, task.baseline_loss)
         metrics["train_loss"] = train_loss
+        train_figures = task.train_metrics(since_eval.counts)
+        metrics.update({f"train_{name}": value for name, value in train_figures.items()})
         state.eval_losses.append(metrics["loss"])
     sink.eval_point(step, epoch, metrics)
     value = metrics.get(config.metric_for_best_model)

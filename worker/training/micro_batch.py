@@ -83,21 +83,26 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def forward_backward(self, examples: Sequence[Example], window: Sequence[int], window_units: int,
-                         micro: int, step: int) -> torch.Tensor:
+                         micro: int, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Accumulate the gradients of one optimizer step's window, micro-batch by micro-batch.
         Every micro-batch's summed loss is divided by the units of the WHOLE window, so the
-        gradient is the window's mean whatever the split (32x1 == 8x4), short window included."""
+        gradient is the window's mean whatever the split (32x1 == 8x4), short window included.
+        Returns the window's mean loss and the task's train counts summed over the window."""
         loss_sum = torch.zeros((), device=self.device)
+        counts: dict[str, torch.Tensor] = {}
         for indices, last in micro_batches(window, micro):
             faults.check_train_batch(len(indices), step, self.config.fault_oom_above_micro_batch,
                                      self.config.fault_oom_from_step)
             batch = to_device(self.task.collate([examples[i] for i in indices]), self.device)
             with accumulating(self.model, sync=last):
                 with self.autocast():
-                    micro_loss, _ = self.task.forward(self.model, batch)
+                    micro_loss, output = self.task.forward(self.model, batch)
                 self.scaler.scale(micro_loss / window_units).backward()
             loss_sum += micro_loss.detach().float()
-        return loss_sum / window_units
+            for name, value in self.task.train_counts(output).items():
+                counts[name] = counts[name] + value if name in counts else value
+            del output  # a classification output holds the graph's logits
+        return loss_sum / window_units, counts
 
     def shrink_after_oom(self, step: int, seq_len: int, reason: str) -> None:
         """Split the micro-batch (accumulation doubles); at 1, gradient checkpointing; then give up."""
@@ -139,16 +144,19 @@ class Trainer:
             kind="environment",
         )
 
-    def train_window(self, examples: Sequence[Example], window: Sequence[int], step: int) -> float:
+    def train_window(self, examples: Sequence[Example], window: Sequence[int],
+                     step: int) -> tuple[float, dict[str, float]]:
         """forward_backward, redone on OOM from the same samples with a smaller micro-batch and
-        the same RNG stream, until it fits. The optimizer, scheduler and step are not touched."""
+        the same RNG stream, until it fits. The optimizer, scheduler and step are not touched.
+        Returns the window's mean loss and its train counts, as numbers (one sync a step)."""
         rng = capture_rng()
         seq_len = max(examples[i]["length"] for i in window)
         window_units = self.task.loss_units([examples[i] for i in window])
         while True:
             try:
                 micro = self.state.micro_batch_size
-                return float(self.forward_backward(examples, window, window_units, micro, step))
+                loss, counts = self.forward_backward(examples, window, window_units, micro, step)
+                return float(loss), {name: float(value) for name, value in counts.items()}
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not is_oom(error):
                     raise

@@ -52,6 +52,16 @@ class TrainingTask(Protocol):
         """What compute_metrics needs from one evaluation batch, moved off the device."""
         ...
 
+    def train_counts(self, output: Any) -> dict[str, torch.Tensor]:
+        """Counts from one training micro-batch's output that add up over steps (a chat job's
+        correct and scored answer tokens), detached and on the device; {} when the task has none."""
+        ...
+
+    def train_metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        """The figures a train point shows beside its loss, from the counts summed since the
+        last point (a chat job's token_accuracy); {} when the task has none."""
+        ...
+
     def compute_metrics(self, payloads: list[Any]) -> dict[str, Any]:
         ...
 

@@ -158,8 +158,10 @@ def test_lora_chat_trains_through_the_loop_and_resumes_to_the_same_adapter(
         assert 0.0 <= values["token_accuracy"] <= 1.0
         assert values["perplexity"] == pytest.approx(math.exp(values["loss"]), rel=1e-4)
         assert values["train_loss"] > 0
+        assert 0.0 <= values["train_token_accuracy"] <= 1.0  # what trained since the last evaluation
     train = [values for _, _, values in full_sink.train_points]
     assert train[-1]["loss"] < train[0]["loss"]  # lr 3e-3 on 48 short answers: it learns
+    assert all(0.0 <= v["token_accuracy"] <= 1.0 for v in train)  # OpenAI's train_mean_token_accuracy
     assert all(v["learning_rate"] > 0 for v in train)
     # The checkpoint holds the adapter, not a copy of the base.
     best = full_result.best_checkpoint
@@ -173,6 +175,9 @@ def test_lora_chat_trains_through_the_loop_and_resumes_to_the_same_adapter(
     sink = RecordingSink()
     resumed = run_training(second, config, tmp_path / "run", sink)
     assert resumed.resumed_from_step == 4 and resumed.global_step == 6
+    # The resumed steps score the same answer tokens the same way as the uninterrupted run.
+    assert [v["token_accuracy"] for _, _, v in sink.train_points] == pytest.approx(
+        [v["token_accuracy"] for step, _, v in full_sink.train_points if step > 4], abs=1e-6)
 
     def adapter(task: Any) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in task.model.state_dict().items() if "lora_" in k}

@@ -94,10 +94,17 @@ class ChatTask:
         scored = logits[:, :-1][keep].float()
         wanted = targets[keep]
         loss = F.cross_entropy(scored, wanted, reduction="sum")
-        if model.training:  # token accuracy is an evaluation metric: no argmax over the vocab per step
-            return loss, None
-        correct = (scored.argmax(dim=-1) == wanted).sum()
+        # The argmax is over the answer positions only, which the loss already holds in fp32.
+        correct = (scored.detach().argmax(dim=-1) == wanted).sum()
         return loss, {"correct": correct, "tokens": wanted.numel(), "loss_sum": loss.detach()}
+
+    def train_counts(self, output: Any) -> dict[str, torch.Tensor]:
+        return {"correct": output["correct"], "tokens": torch.tensor(float(output["tokens"]))}
+
+    def train_metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        # Next-token accuracy over the answer tokens the train point's steps trained on.
+        tokens = counts.get("tokens", 0.0)
+        return {"token_accuracy": counts.get("correct", 0.0) / tokens} if tokens else {}
 
     def eval_payload(self, output: Any, batch: dict[str, torch.Tensor]) -> Any:
         return int(output["correct"]), int(output["tokens"]), float(output["loss_sum"])

@@ -90,6 +90,12 @@ class ClassificationTask:
     def eval_payload(self, output: Any, batch: dict[str, torch.Tensor]) -> Any:
         return output.detach().float().cpu().numpy(), batch["labels"].cpu().numpy()
 
+    def train_counts(self, output: Any) -> dict[str, torch.Tensor]:
+        return {}  # a train point shows the loss; accuracy and F1 come from the evaluation
+
+    def train_metrics(self, counts: dict[str, float]) -> dict[str, float]:
+        return {}
+
     def compute_metrics(self, payloads: list[Any]) -> dict[str, Any]:
         logits = np.concatenate([p[0] for p in payloads])
         targets = np.concatenate([p[1] for p in payloads])
