@@ -46,6 +46,11 @@ class Generations:
             await self._engine.aclose()
 
 
+def checkpoint_runtime_id(job_id: str, step: int) -> str:
+    """The loaded-runtime id of a chat job's checkpoint (served by /v1/chat/completions)."""
+    return f"ckpt_{job_id}_step_{step}"
+
+
 def generations(request: Request) -> Generations:
     """The app's Generations, made on first use."""
     found = getattr(request.app.state, "generations", None)

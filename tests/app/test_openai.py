@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from app.auth import create_key
 from core.db import session_scope
-from core.tables import Dataset, Job, TunedModel
+from core.tables import Checkpoint, Dataset, Job, TunedModel
 from tests.conftest import configure
 
 CHAT_LINES = [{"messages": [{"role": "user", "content": f"질문 {i}"},
@@ -124,7 +124,8 @@ def test_chat_completions_refuse_what_they_cannot_honour(oai: openai.OpenAI, tmp
         oai.chat.completions.create(model=classifier_id, messages=messages)
     with pytest.raises(openai.NotFoundError):  # an ft: name that is not this model's
         oai.chat.completions.create(model=f"ft:x:y:{model_id}", messages=messages)
-    # A checkpoint's name (as /checkpoints lists it) is no model: the answer names the one to use.
+    # A checkpoint's name (as /checkpoints lists it) that has nothing to serve: the answer says why
+    # and names what to use (a LoRA checkpoint that is there is served: tests/integration).
     with session_scope() as session:
         job = Job(base_model="x", task="chat", state="succeeded", hyperparameters={}, model_id=model_id)
         running = Job(base_model="x", task="chat", state="running", hyperparameters={})
@@ -135,12 +136,29 @@ def test_chat_completions_refuse_what_they_cannot_honour(oai: openai.OpenAI, tmp
         oai.chat.completions.create(model=f"ft:x::{job_id}:ckpt-step-5", messages=messages)
     assert checkpoint.value.body["code"] == "model_not_found"  # type: ignore[index]
     assert checkpoint.value.body["message"] == (  # type: ignore[index]
-        f"The model 'ft:x::{job_id}:ckpt-step-5' is a checkpoint of fine-tuning job {job_id}: tuneserve "
-        f"serves a job's tuned model, not each of its checkpoints; use 'ft:x::{model_id}', the job's "
-        "fine_tuned_model.")
+        f"The model 'ft:x::{job_id}:ckpt-step-5' is a checkpoint of fine-tuning job {job_id}: the job has "
+        f"no checkpoint at step 5; use 'ft:x::{model_id}', the job's fine_tuned_model.")
+    with session_scope() as session:  # pruned: the row keeps its metrics, the files are gone
+        session.add(Checkpoint(job_id=running_id, step=2, epoch=1.0, metrics={}, available=False,
+                               path=str(tmp_path / "pruned")))
     with pytest.raises(openai.NotFoundError) as unfinished:
         oai.chat.completions.create(model=f"ft:x::{running_id}:ckpt-step-2", messages=messages)
-    assert "the job (running) has no tuned model yet" in unfinished.value.body["message"]  # type: ignore[index]
+    assert unfinished.value.body["message"] == (  # type: ignore[index]
+        f"The model 'ft:x::{running_id}:ckpt-step-2' is a checkpoint of fine-tuning job {running_id}: the "
+        "checkpoint at step 2 was pruned (a job keeps its best and its last checkpoints); its metrics are "
+        f"kept, its weights are not; GET /v1/fine_tuning/jobs/{running_id}/checkpoints lists the job's "
+        "checkpoints.")
+    full = tmp_path / "full-step-4"  # a full fine-tune's checkpoint: the whole model, not an adapter
+    full.mkdir()
+    (full / "tuneserve.json").write_text('{"task": "chat", "adapter": false}')
+    with session_scope() as session:
+        session.add(Checkpoint(job_id=running_id, step=4, epoch=2.0, metrics={}, path=str(full)))
+    with pytest.raises(openai.NotFoundError) as whole:
+        oai.chat.completions.create(model=f"ft:x::{running_id}:ckpt-step-4", messages=messages)
+    assert "a full fine-tune's checkpoint" in whole.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as other_name:  # the job's id under another base's name
+        oai.chat.completions.create(model=f"ft:y::{running_id}:ckpt-step-2", messages=messages)
+    assert "does not exist" in other_name.value.body["message"]  # type: ignore[index]
     refused: list[tuple[dict[str, Any], str]] = [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}},

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_chat_lm_dir: Path) -> Iterator[LiveService]:
     directory = tmp_path_factory.mktemp("openai-live")
-    # Slow steps, so that a pause lands mid-run; a short generation report at the end of each job.
+    # Slow steps, so that a pause lands mid-run; a short generation report at the end of each job;
+    # a succeeded job keeps its last 3 checkpoints, as OpenAI's do (the earlier ones are pruned).
     env = service_env(directory, f"sqlite:///{directory / 'tuneserve.sqlite'}",
                       f"sqla+sqlite:///{directory / 'broker.sqlite'}", fault_step_delay_s=0.3,
-                      compare_max_prompts=2, compare_max_new_tokens=4)
+                      compare_max_prompts=2, compare_max_new_tokens=4, keep_checkpoints_after_success=3)
     live = LiveService(directory, env, tiny_chat_lm_dir).start()
     try:
         yield live
@@ -158,6 +159,22 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
                                          stop=[stop])
     assert cut.choices[0].message.content == text[:text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
+
+    # A LoRA checkpoint is served by its name, as OpenAI serves its checkpoints; a pruned one
+    # (the job keeps its best and its last) is a 404 that says so.
+    kept = {c["step"] for c in httpx.get(f"{service.url}/jobs/{job.id}/checkpoints").json() if c["available"]}
+    earlier = [c for c in checkpoints if c.step_number in kept and c.step_number < 10]
+    pruned = [c for c in checkpoints if c.step_number not in kept]
+    assert earlier and pruned, (kept, [c.step_number for c in checkpoints])
+    name = earlier[0].fine_tuned_model_checkpoint
+    assert client.models.retrieve(name).id == name
+    from_checkpoint = client.chat.completions.create(model=name, messages=messages, max_tokens=6,
+                                                     temperature=0)
+    assert from_checkpoint.model == name and from_checkpoint.choices[0].finish_reason in ("stop", "length")
+    assert from_checkpoint.usage is not None and from_checkpoint.usage.completion_tokens >= 1
+    with pytest.raises(openai.NotFoundError) as gone:
+        client.chat.completions.create(model=pruned[0].fine_tuned_model_checkpoint, messages=messages)
+    assert "was pruned" in gone.value.body["message"]  # type: ignore[index]
     cut_chunks = list(client.chat.completions.create(model=model_id, messages=messages, max_tokens=6,
                                                      temperature=0, stop=stop, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in cut_chunks) == text[:text.find(stop)]
@@ -180,6 +197,12 @@ def test_a_script_with_only_the_openai_client_fine_tunes_and_chats(service: Live
         client.fine_tuning.jobs.create(model=str(tiny_chat_lm_dir), training_file=training.id,
                                        hyperparameters={"batch_size": "big"})  # type: ignore[typeddict-item]
     assert bad_param.value.param == "hyperparameters.batch_size"
+
+    # Deleting the job takes its checkpoints (and their loaded adapters) with it; its tuned model stays.
+    assert httpx.delete(f"{service.url}/jobs/{job.id}").status_code == 204
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=name, messages=messages, max_tokens=2)
+    assert client.chat.completions.create(model=model_id, messages=messages, max_tokens=2).choices
 
 
 def test_pause_resume_and_cancel_an_alpaca_job_and_the_native_api_sees_every_job(

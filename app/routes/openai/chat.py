@@ -20,7 +20,7 @@ from app.deps import Authenticated, PrincipalDep
 from app.routes.generate import DEFAULT_MAX_NEW_TOKENS
 from app.routes.openai import engine
 from app.routes.openai.errors import OpenAIError, error_body
-from app.routes.openai.models import chat_model_or_404
+from app.routes.openai.models import servable_or_404
 from app.schemas.openai import (
     AssistantMessage,
     ChatCompletion,
@@ -70,8 +70,8 @@ def _sampling(body: ChatCompletionCreate, settings: Settings) -> Any:
 
 def _model(name: str, principal: Principal) -> Any:
     with new_session() as session:
-        model = chat_model_or_404(session, principal, name, param="model")
-        return model.id, model.path
+        found = servable_or_404(session, principal, name, param="model")
+        return found.runtime_id, found.path
 
 
 @router.post("/completions", response_model=ChatCompletion,

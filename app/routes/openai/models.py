@@ -1,9 +1,12 @@
 """/v1/models: the tuned chat models this key can chat with, by id (`mdl_...`); retrieve also
-takes a job's `fine_tuned_model` name (ft:<base>:<suffix>:<model id>)."""
+takes a job's `fine_tuned_model` name (ft:<base>:<suffix>:<model id>) and a LoRA chat job's
+checkpoint name (ft:<base>:<suffix>:<job id>:ckpt-step-N), which chat completions serve too."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -14,9 +17,11 @@ from app.auth import Principal
 from app.crud import models as crud
 from app.deps import Authenticated, PrincipalDep, SessionDep
 from app.routes.openai.errors import OpenAIError
-from app.routes.openai.view import ORGANIZATION, fine_tuned_model_name, unix
+from app.routes.openai.view import ORGANIZATION, checkpoint_model_name, fine_tuned_model_name, unix
 from app.schemas.openai import ModelList, ModelObject, OpenAIErrorOut
-from core.tables import Job, TunedModel
+from app.serving.generations import checkpoint_runtime_id
+from core import store
+from core.tables import Checkpoint, Job, TunedModel
 
 router = APIRouter(prefix="/v1/models", tags=["openai"], dependencies=[Authenticated],
                    responses={code: {"model": OpenAIErrorOut} for code in (400, 401, 404)})
@@ -32,17 +37,61 @@ def _object(model: TunedModel) -> ModelObject:
 CHECKPOINT_NAME = re.compile(r"^ft:.*:(?P<job>[^:]+):ckpt-step-(?P<step>\d+)$")
 
 
-def _checkpoint_words(session: Session, principal: Principal, name: str) -> str | None:
-    """For a checkpoint's name: why it is not a model, and which name is (None: not one)."""
+@dataclass(frozen=True)
+class Servable:
+    """What a chat completion is served from: a loaded-runtime id and the directory it loads, and
+    the model object that retrieve answers with."""
+
+    runtime_id: str
+    path: str
+    object: ModelObject
+
+
+def _checkpoint(session: Session, principal: Principal, name: str, param: str | None) -> Servable | None:
+    """A LoRA chat job's checkpoint that `name` names (None: not a checkpoint name of a job this
+    key sees). Checkpoints are adapters beside the base, so each costs little to load; a pruned
+    one, a full fine-tune's and a classifier's answer 404 in words that say what to use instead."""
     match = CHECKPOINT_NAME.match(name)
     job = principal.visible(session.get(Job, match["job"])) if match else None
-    if job is None:
+    if match is None or job is None or checkpoint_model_name(job, int(match["step"])) != name:
         return None
+    step = int(match["step"])
     tuned = fine_tuned_model_name(job)
-    served = (f"use '{tuned}', the job's fine_tuned_model" if tuned else
-              f"the job ({job.state}) has no tuned model yet; it gets one when it succeeds")
-    return (f"The model '{name}' is a checkpoint of fine-tuning job {job.id}: tuneserve serves a job's "
-            f"tuned model, not each of its checkpoints; {served}.")
+    instead = (f"use '{tuned}', the job's fine_tuned_model" if tuned else
+               f"GET /v1/fine_tuning/jobs/{job.id}/checkpoints lists the job's checkpoints")
+
+    def missing(why: str) -> OpenAIError:
+        return OpenAIError(404, f"The model '{name}' is a checkpoint of fine-tuning job {job.id}: {why}; "
+                                f"{instead}.", param=param, code="model_not_found")
+
+    if job.task != "chat":
+        raise missing("the job tunes a classifier, which has no chat replies")
+    row = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step)
+                          .order_by(Checkpoint.created_at.desc())).first()
+    if row is None:
+        raise missing(f"the job has no checkpoint at step {step}")
+    directory = FilePath(row.path)
+    if not row.available or not directory.is_dir():
+        raise missing(f"the checkpoint at step {step} was pruned (a job keeps its best and its last "
+                      f"checkpoints); its metrics are kept, its weights are not")
+    if not (directory / "adapter_config.json").is_file():
+        raise missing("it is a full fine-tune's checkpoint, a whole copy of the model, and tuneserve "
+                      "serves only LoRA checkpoints beside their shared base (download the job's model "
+                      "to use this one elsewhere)")
+    if store.read_model_meta(directory).get("task") != "chat":
+        raise missing("its files are not a chat model's")
+    model = ModelObject(id=name, created=unix(row.created_at) or 0, owned_by=job.tenant_id or ORGANIZATION)
+    return Servable(checkpoint_runtime_id(job.id, step), str(directory), model)
+
+
+def servable_or_404(session: Session, principal: Principal, name: str, param: str | None = None) -> Servable:
+    """What `name` serves: a tuned chat model (its id or ft: name) or a LoRA chat job's checkpoint
+    (its ft: checkpoint name)."""
+    checkpoint = _checkpoint(session, principal, name, param)
+    if checkpoint is not None:
+        return checkpoint
+    model = chat_model_or_404(session, principal, name, param)
+    return Servable(model.id, model.path, _object(model))
 
 
 def chat_model_or_404(session: Session, principal: Principal, name: str,
@@ -55,8 +104,6 @@ def chat_model_or_404(session: Session, principal: Principal, name: str,
         job = session.get(Job, model.job_id) if model.job_id else None
         if job is None or fine_tuned_model_name(job) != name:
             model = None
-    if model is None and (words := _checkpoint_words(session, principal, name)) is not None:
-        raise OpenAIError(404, words, param=param, code="model_not_found")
     if model is None or model.task != "chat":
         raise OpenAIError(404, f"The model '{name}' does not exist or you do not have access to it; "
                                "GET /v1/models lists the chat models you can use.", param=param,
@@ -74,5 +121,5 @@ def list_models(session: SessionDep, principal: PrincipalDep) -> ModelList:
 
 @router.get("/{model}", response_model=ModelObject)
 def retrieve_model(model: ModelPath, session: SessionDep, principal: PrincipalDep) -> ModelObject:
-    """One chat model, by id or by its ft: name."""
-    return _object(chat_model_or_404(session, principal, model, param="model"))
+    """One chat model, by id or by its ft: name, or a LoRA chat job's checkpoint by its ft: name."""
+    return servable_or_404(session, principal, model, param="model").object

@@ -50,6 +50,12 @@ def fine_tuned_model_name(job: Job) -> str | None:
     return f"ft:{base_name(job.base_model)}:{job.suffix or ''}:{job.model_id}"
 
 
+def checkpoint_model_name(job: Job, step: int) -> str:
+    """ft:<base>:<suffix>:<job id>:ckpt-step-N: a checkpoint's name, which a LoRA chat job's
+    checkpoint is also served under (/v1/chat/completions)."""
+    return f"ft:{base_name(job.base_model)}:{job.suffix or ''}:{job.id}:ckpt-step-{step}"
+
+
 def status(job: Job) -> str:
     if job.state == JobState.CANCELLED and job.paused:
         return "paused"
@@ -139,7 +145,7 @@ def job_events(events: Sequence[JobEvent], points: Sequence[MetricPoint],
 
 def checkpoint(row: Checkpoint, job: Job) -> FineTuningJobCheckpoint:
     metrics: dict[str, Any] = row.metrics or {}
-    name = f"ft:{base_name(job.base_model)}:{job.suffix or ''}:{job.id}:ckpt-step-{row.step}"
+    name = checkpoint_model_name(job, row.step)
     return FineTuningJobCheckpoint(
         id=row.id, created_at=unix(row.created_at) or 0, fine_tuned_model_checkpoint=name,
         fine_tuning_job_id=job.id, step_number=row.step,
