@@ -13,6 +13,7 @@ check, queue) is what the OpenAI-compatible chat route calls too.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from core.db import new_session
 from core.settings import Settings
 
 DEFAULT_MAX_NEW_TOKENS = 256
+log = logging.getLogger("tuneserve.api")
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Authenticated],
                    responses=errors(400, 401, 404, 409, 413, 422, 429, 503))
 
@@ -67,7 +69,13 @@ def _load(gens: Generations, model_id: str, path: Path) -> Any:
         return found
     if not path.is_dir():
         raise HTTPException(409, f"the files of model {model_id!r} are missing; it cannot be served")
-    return gens.models().runtime(read_spec(model_id, path))
+    try:
+        return gens.models().runtime(read_spec(model_id, path))
+    except Exception as error:  # noqa: BLE001 - incomplete files, or a checkpoint rotated away as it loaded
+        log.warning("model %s at %s could not be loaded", model_id, path, exc_info=True)
+        why = f"{type(error).__name__}: {str(error)[:300]}"
+        raise HTTPException(409, f"the files of model {model_id!r} could not be loaded ({why}); "
+                                 "it cannot be served") from None
 
 
 def _params(body: GenerateRequest) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import openai
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.auth import create_key
 from core.db import session_scope
@@ -178,9 +178,18 @@ def test_chat_completions_refuse_what_they_cannot_honour(oai: openai.OpenAI, tmp
     with pytest.raises(openai.BadRequestError) as last:
         oai.chat.completions.create(model=model_id, messages=[{"role": "assistant", "content": "hi"}])
     assert last.value.body["param"] == "messages"  # type: ignore[index]
-    # A real model id whose files are gone is a 409, not a 500.
+    # A real model id whose files are gone is a 409, not a 500; so is one whose files are incomplete
+    # (as a checkpoint is while the worker rotates it away).
     with pytest.raises(openai.ConflictError):
         oai.chat.completions.create(model=model_id, messages=messages)
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "tuneserve.json").write_text('{"task": "chat", "adapter": false}')
+    with session_scope() as session:
+        session.execute(update(TunedModel).where(TunedModel.id == model_id).values(path=str(incomplete)))
+    with pytest.raises(openai.ConflictError) as broken:
+        oai.chat.completions.create(model=model_id, messages=messages)
+    assert f"the files of model '{model_id}' could not be loaded" in broken.value.body["message"]  # type: ignore[index]
     assert [m.id for m in oai.models.list()] == [model_id]
     assert oai.models.retrieve(model_id).object == "model"
 
