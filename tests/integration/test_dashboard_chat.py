@@ -104,6 +104,10 @@ def test_a_chat_jobs_page_shows_the_base_vs_tuned_report(live: LiveService, chat
     for field in ("prompt", "reference"):
         assert example[field] in text, field
     assert "Confusion matrix" not in _page_text(dom)  # a classifier's section, not a chat job's
+    # The train points' token accuracy is drawn beside the evaluation's.
+    chart = dom[dom.index('data-chart="eval"'):]
+    legend = _page_text(chart[:chart.index("</figcaption>")])
+    assert "train token_accuracy" in legend and legend.count("token_accuracy") == 2, legend  # eval's, train's
 
 
 @needs_chromium

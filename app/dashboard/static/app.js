@@ -354,6 +354,8 @@ function jobSections(state) {
     ]));
 
   const metricNames = EVAL_METRICS.filter((m) => evals.some((p) => typeof p[m] === "number"));
+  // A chat job's train points carry token accuracy too: drawn beside the evaluation's.
+  const trainMetricNames = EVAL_METRICS.filter((m) => train.some((p) => typeof p[m] === "number"));
   const charts = h("section", { "aria-labelledby": "curves-h" }, h("h2", { id: "curves-h" }, "Curves"),
     h("div", { class: "charts" },
       lineChart("loss", "Loss", [
@@ -363,7 +365,9 @@ function jobSections(state) {
         { name: "learning rate", points: train.map((p) => [p.step, p.learning_rate]) }],
         { yFormat: expFmt }),
       rangeTestChart(events),
-      lineChart("eval", "Evaluation", metricNames.map((m) => ({ name: m, points: evals.map((p) => [p.step, p[m]]) })))));
+      lineChart("eval", "Evaluation", [
+        ...metricNames.map((m) => ({ name: m, points: evals.map((p) => [p.step, p[m]]) })),
+        ...trainMetricNames.map((m) => ({ name: `train ${m}`, points: train.map((p) => [p.step, p[m]]) }))])));
 
   // Adaptive batch: what the probe chose, and every change after it (OOM halving, resume).
   const batchEvents = events.filter((e) => BATCH_EVENTS.has(e.kind));
