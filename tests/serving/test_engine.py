@@ -146,6 +146,9 @@ def test_adapters_of_one_base_share_a_batch(tiny_chat_lm_dir: Path, tmp_path: Pa
     settings = _settings()
     # Each adapter alone, then mixed in one lane with the base itself.
     alone = [generate_many(r, PROMPTS[:3], params, settings) for r in runtimes]
+    # A batch of one adapter runs it as peft's active adapter (no per-adapter gather and scatter);
+    # the mixed batch below goes through adapter_names, and both give the same greedy replies.
+    assert runtimes[1].base.model.active_adapter == "lora1"
     base_alone = generate_many(runtimes[0], PROMPTS[:3], params, settings, base_only=True)
     assert _texts(alone[0]) != _texts(alone[1]) != _texts(base_alone)
 
