@@ -12,7 +12,6 @@ import logging
 import shutil
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +21,7 @@ from app.serving.generations import Generations, checkpoint_runtime_id
 from app.serving.predictor import Predictor
 from core import store
 from core.settings import Settings
-from core.tables import Checkpoint, Job, TunedModel
+from core.tables import Job, TunedModel
 
 log = logging.getLogger("tuneserve.api")
 
@@ -76,8 +75,9 @@ class Removal:
         if delete_model and model is not None:
             await self.remove_model(model)
         job_id = job.id
-        for step in await run_in_threadpool(_checkpoint_steps, self.session, job_id):
-            self.generations.evict(checkpoint_runtime_id(job_id, step))  # one /v1 served
+        checkpoints = await run_in_threadpool(jobs_crud.list_checkpoints, self.session, job_id=job_id)
+        for row in checkpoints:
+            self.generations.evict(checkpoint_runtime_id(job_id, row.step))  # one /v1 served
         await run_in_threadpool(_delete_job_rows, self.session, job)
         await run_in_threadpool(shutil.rmtree, store.job_dir(self.settings.models_dir, job_id), True)
 
@@ -88,10 +88,6 @@ def _owned_dir(settings: Settings, path: str) -> Path | None:
     directory = Path(path).resolve()
     models_root = (Path(settings.models_dir) / "models").resolve()
     return directory if directory.is_relative_to(models_root) and directory != models_root else None
-
-
-def _checkpoint_steps(session: Session, job_id: str) -> list[int]:
-    return list(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)))
 
 
 def _delete_job_rows(session: Session, job: Job) -> None:

@@ -72,6 +72,10 @@ def _load(gens: Generations, model_id: str, path: Path) -> Any:
     try:
         return gens.models().runtime(read_spec(model_id, path))
     except Exception as error:  # noqa: BLE001 - incomplete files, or a checkpoint rotated away as it loaded
+        import torch  # loaded by now: the load above imported it
+
+        if isinstance(error, torch.OutOfMemoryError):
+            raise  # not the files' fault
         log.warning("model %s at %s could not be loaded", model_id, path, exc_info=True)
         why = f"{type(error).__name__}: {str(error)[:300]}"
         raise HTTPException(409, f"the files of model {model_id!r} could not be loaded ({why}); "

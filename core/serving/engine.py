@@ -251,7 +251,7 @@ class _Batch:
                 # (25% of a step in bench/generate_bench.py's model). The base's lock is held.
                 (name,) = adapters
                 if model.active_adapter != name:
-                    model.set_adapter(name, inference_mode=True)
+                    model.set_adapter(name)  # under inference_mode: no gradient either way
             else:
                 kwargs["adapter_names"] = [s.adapter or BASE_ADAPTER for s in rows]
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,

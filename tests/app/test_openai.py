@@ -145,9 +145,9 @@ def test_chat_completions_refuse_what_they_cannot_honour(oai: openai.OpenAI, tmp
         oai.chat.completions.create(model=f"ft:x::{running_id}:ckpt-step-2", messages=messages)
     assert unfinished.value.body["message"] == (  # type: ignore[index]
         f"The model 'ft:x::{running_id}:ckpt-step-2' is a checkpoint of fine-tuning job {running_id}: the "
-        "checkpoint at step 2 was pruned (a job keeps its best and its last checkpoints); its metrics are "
-        f"kept, its weights are not; GET /v1/fine_tuning/jobs/{running_id}/checkpoints lists the job's "
-        "checkpoints.")
+        "checkpoint at step 2 was pruned (a running job keeps its best and TUNESERVE_KEEP_LAST_CHECKPOINTS "
+        "more, a succeeded one TUNESERVE_KEEP_CHECKPOINTS_AFTER_SUCCESS); its metrics are kept, its weights "
+        f"are not; GET /v1/fine_tuning/jobs/{running_id}/checkpoints lists the job's checkpoints.")
     full = tmp_path / "full-step-4"  # a full fine-tune's checkpoint: the whole model, not an adapter
     full.mkdir()
     (full / "tuneserve.json").write_text('{"task": "chat", "adapter": false}')
@@ -156,6 +156,7 @@ def test_chat_completions_refuse_what_they_cannot_honour(oai: openai.OpenAI, tmp
     with pytest.raises(openai.NotFoundError) as whole:
         oai.chat.completions.create(model=f"ft:x::{running_id}:ckpt-step-4", messages=messages)
     assert "a full fine-tune's checkpoint" in whole.value.body["message"]  # type: ignore[index]
+    assert f"GET /jobs/{running_id}/checkpoints gives its directory" in whole.value.body["message"]  # type: ignore[index]
     with pytest.raises(openai.NotFoundError) as other_name:  # the job's id under another base's name
         oai.chat.completions.create(model=f"ft:y::{running_id}:ckpt-step-2", messages=messages)
     assert "does not exist" in other_name.value.body["message"]  # type: ignore[index]
@@ -283,3 +284,30 @@ def test_an_auto_multiplier_is_the_range_test_and_reported_once_it_chose(oai: op
         "type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 2}}})
     assert fixed.hyperparameters.learning_rate_multiplier == 2
     assert client.get(f"/jobs/{fixed.id}").json()["hyperparameters"]["learning_rate"] == pytest.approx(4e-4)
+
+
+def test_a_served_checkpoint_is_unloaded_when_its_job_is_deleted(
+    oai: openai.OpenAI, client: Any, tiny_chat_lm_dir: Path, tmp_path: Path,
+) -> None:
+    from app.serving.generations import checkpoint_runtime_id
+    from tests.conftest import make_chat_adapter
+
+    adapter = make_chat_adapter(tiny_chat_lm_dir, tmp_path / "checkpoints" / "step-2", seed=1)
+    with session_scope() as session:
+        job = Job(base_model=str(tiny_chat_lm_dir), task="chat", state="running", hyperparameters={})
+        session.add(job)
+        session.flush()
+        session.add(Checkpoint(job_id=job.id, step=2, epoch=1.0, metrics={}, path=str(adapter)))
+        job_id = job.id
+    name = f"ft:{tiny_chat_lm_dir.name}::{job_id}:ckpt-step-2"
+    reply = oai.chat.completions.create(model=name, messages=[{"role": "user", "content": "안녕"}],
+                                        max_tokens=3, temperature=0)
+    assert reply.model == name and reply.usage is not None and reply.usage.completion_tokens >= 1
+    models = client.app.state.generations.models()
+    runtime = models.cached(checkpoint_runtime_id(job_id, 2))
+    assert runtime is not None and runtime.adapter in runtime.base.adapters
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(state="succeeded"))
+    assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert models.cached(checkpoint_runtime_id(job_id, 2)) is None
+    assert runtime.adapter not in runtime.base.adapters  # its weights left the shared base

@@ -72,12 +72,13 @@ def _checkpoint(session: Session, principal: Principal, name: str, param: str | 
         raise missing(f"the job has no checkpoint at step {step}")
     directory = FilePath(row.path)
     if not row.available or not directory.is_dir():
-        raise missing(f"the checkpoint at step {step} was pruned (a job keeps its best and its last "
-                      f"checkpoints); its metrics are kept, its weights are not")
+        raise missing(f"the checkpoint at step {step} was pruned (a running job keeps its best and "
+                      "TUNESERVE_KEEP_LAST_CHECKPOINTS more, a succeeded one "
+                      "TUNESERVE_KEEP_CHECKPOINTS_AFTER_SUCCESS); its metrics are kept, its weights are not")
     if not (directory / "adapter_config.json").is_file():
         raise missing("it is a full fine-tune's checkpoint, a whole copy of the model, and tuneserve "
-                      "serves only LoRA checkpoints beside their shared base (download the job's model "
-                      "to use this one elsewhere)")
+                      "serves only LoRA checkpoints beside their shared base "
+                      f"(GET /jobs/{job.id}/checkpoints gives its directory on the server)")
     if store.read_model_meta(directory).get("task") != "chat":
         raise missing("its files are not a chat model's")
     model = ModelObject(id=name, created=unix(row.created_at) or 0, owned_by=job.tenant_id or ORGANIZATION)
